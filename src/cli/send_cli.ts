@@ -1,0 +1,169 @@
+/**
+ * `ferry send` / `send.ts`: the sender's command line.
+ *
+ * @module
+ */
+import { readFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { send, type SendEvent, type SendOptions, type SendResult } from "../client/sender.ts";
+import { parseTarget } from "../client/target.ts";
+import { FerryError } from "../errors.ts";
+import { escapeForDisplay } from "../names/names.ts";
+import { VERSION } from "../version.ts";
+import { err, ExitCode, loadToken, out, stderrIsTty } from "./common.ts";
+import { ProgressDisplay } from "./progress.ts";
+import { parseCount, parseSize } from "./units.ts";
+
+export const SEND_HELP = `ferry send ${VERSION}: send files, folders and messages to a ferry server.
+
+Usage:
+  deno run --allow-net --allow-read send.ts [options] FILE|FOLDER... HOST:PORT
+  bun send.ts [options] FILE|FOLDER... HOST:PORT
+  ferry send [options] FILE|FOLDER... HOST:PORT
+
+Options:
+  -m, --message TEXT     Send a text message (repeatable; may be the only thing sent)
+  --json                 Print one NDJSON event per line on stdout (start, progress, done, error, …)
+  -q, --quiet            No progress display
+  --token-file FILE      Shared token for servers that require one (or set FERRY_TOKEN)
+  --tls                  Connect with TLS, verified against the system CAs
+  --ca FILE              Trust this CA certificate (PEM); implies --tls
+  --pin sha256:HEX       Trust only the certificate with this fingerprint; implies --tls
+  --retries N            Reconnect attempts after a dropped connection (default 8; 0 = no resume)
+  --chunk-size SIZE      Bytes per data frame (default 256K)
+  --window N             File headers sent ahead, for many small files (default 32)
+  -h, --help             Show this help
+  -V, --version          Show the version
+
+HOST:PORT: 127.0.0.1:9000, example.org:9000, [::1]:9000 (port defaults to 9000).
+
+Exit codes:
+  0  everything was delivered and verified
+  1  internal error
+  2  usage error
+  3  connection failure (could not connect, or lost for good)
+  4  refused by the server (auth, name, size, policy, …)
+  5  integrity failure (hash or size mismatch)
+
+Examples:
+  deno run --allow-net --allow-read send.ts photo.jpg 127.0.0.1:9000
+  bun send.ts ~/Pictures/album notes.txt [::1]:9000
+  bun send.ts --message "lunch at 12?" 192.168.1.20:9000
+  bun send.ts --json big.iso host:9000 | jq -c 'select(.type=="done")'
+`;
+
+/** Runs the sender CLI; resolves to the exit code. */
+export async function sendMain(args: string[]): Promise<number> {
+  let values, positionals;
+  try {
+    ({ values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        message: { type: "string", short: "m", multiple: true },
+        json: { type: "boolean", default: false },
+        quiet: { type: "boolean", short: "q", default: false },
+        "token-file": { type: "string" },
+        tls: { type: "boolean", default: false },
+        ca: { type: "string" },
+        pin: { type: "string" },
+        retries: { type: "string" },
+        "chunk-size": { type: "string" },
+        window: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+        version: { type: "boolean", short: "V", default: false },
+      },
+    }));
+  } catch (e) {
+    return usage((e as Error).message);
+  }
+  if (values.help) {
+    out(SEND_HELP);
+    return ExitCode.OK;
+  }
+  if (values.version) {
+    out(`ferry ${VERSION}`);
+    return ExitCode.OK;
+  }
+  const messages = values.message ?? [];
+  if (positionals.length === 0) return usage("Missing HOST:PORT");
+  const files = positionals.slice(0, -1);
+  if (files.length === 0 && messages.length === 0) return usage("Nothing to send: give files, folders or --message");
+
+  const options: SendOptions = { messages };
+  let target;
+  try {
+    target = parseTarget(positionals[positionals.length - 1]);
+    if (values.retries !== undefined) options.retries = parseCount(values.retries, "--retries");
+    if (values["chunk-size"] !== undefined) options.chunkSize = parseSize(values["chunk-size"], "--chunk-size");
+    if (values.window !== undefined) options.window = parseCount(values.window, "--window", 1);
+    if (values.pin !== undefined && !/^sha256:[0-9a-f:]{64,95}$/i.test(values.pin)) {
+      throw new TypeError(`Invalid value for --pin: expected sha256:<64 hex digits>`);
+    }
+    if (values.tls || values.ca || values.pin) {
+      options.tls = { ca: values.ca ? await readFile(values.ca, "utf8") : undefined, pin: values.pin };
+    }
+    options.token = await loadToken(values["token-file"]);
+  } catch (e) {
+    return usage((e as Error).message);
+  }
+
+  const display = !values.json && !values.quiet && stderrIsTty() ? new ProgressDisplay() : undefined;
+  options.onEvent = (event: SendEvent) => {
+    if (values.json) out(JSON.stringify({ time: new Date().toISOString(), ...event }));
+    display?.update(event);
+  };
+
+  let result: SendResult;
+  try {
+    result = await send(target, files, options);
+  } catch (e) {
+    display?.finish();
+    const error = e instanceof FerryError ? e : new FerryError("INTERNAL", String((e as Error)?.message ?? e));
+    if (values.json) {
+      out(JSON.stringify({ time: new Date().toISOString(), type: "fatal", code: error.code, message: error.message }));
+    } else err(`ferry: ${error.code}: ${escapeForDisplay(error.message)}`);
+    return exitCodeFor(error);
+  }
+  display?.finish();
+  if (!values.json && !values.quiet) {
+    for (const r of result.receipts) {
+      const renamed = r.storedName !== r.name ? ` as "${escapeForDisplay(r.storedName)}"` : "";
+      err(`${r.duplicate ? "already there" : "delivered"}: "${escapeForDisplay(r.name)}"${renamed} sha256:${r.sha256.slice(0, 16)}…`);
+    }
+    if (result.messagesAcked > 0) err(`${result.messagesAcked} message(s) delivered`);
+  }
+  for (const f of result.failures) {
+    if (!values.json) err(`failed: "${escapeForDisplay(f.name)}": ${f.error.code}: ${escapeForDisplay(f.error.message)}`);
+  }
+  if (result.failures.length === 0) return ExitCode.OK;
+  return Math.max(...result.failures.map((f) => exitCodeFor(f.error)));
+}
+
+function usage(message: string): number {
+  err(`ferry: ${message}\nRun with --help for usage.`);
+  return ExitCode.USAGE;
+}
+
+/** Maps an error code to the documented exit code. */
+export function exitCodeFor(error: FerryError): number {
+  switch (error.code) {
+    case "CONNECTION_FAILED":
+    case "PEER_DEAD":
+    case "HANDSHAKE_TIMEOUT":
+    case "IDLE_TIMEOUT":
+    case "TRUNCATED_FRAME":
+    case "TLS_MISMATCH":
+      return ExitCode.CONNECTION;
+    case "HASH_MISMATCH":
+    case "SIZE_MISMATCH":
+      return ExitCode.INTEGRITY;
+    case "INTERNAL":
+      return ExitCode.INTERNAL;
+    case "IO_ERROR":
+      // Local read errors are the user's input; remote ones are refusals. Both are not bugs.
+      return ExitCode.REFUSED;
+    default:
+      return ExitCode.REFUSED;
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * `ferry serve` / `server.ts`: the receiving server's command line.
+ *
+ * @module
+ */
+import process from "node:process";
+import { readFile } from "node:fs/promises";
+import { parseArgs } from "node:util";
+import { FerryError } from "../errors.ts";
+import { escapeForDisplay } from "../names/names.ts";
+import { DEFAULT_HOST, DEFAULT_PORT, serve, type ServerOptions } from "../server/server.ts";
+import { VERSION } from "../version.ts";
+import { err, ExitCode, loadToken, out } from "./common.ts";
+import { formatBytes, parseCount, parseDuration, parseSize } from "./units.ts";
+
+export const SERVE_HELP = `ferry server ${VERSION}: receive files, folders, images and messages over TCP.
+
+Usage:
+  deno run --allow-net --allow-read=./inbox --allow-write=./inbox server.ts --dir ./inbox [options]
+  bun server.ts --dir ./inbox [options]
+  ferry serve --dir ./inbox [options]
+
+Options:
+  --dir DIR                   Inbox folder, created if missing (default ./inbox)
+  --host ADDR                 Listen address (default ${DEFAULT_HOST}; 0.0.0.0 or :: for all)
+  --port N                    TCP port, 0 for any free one (default ${DEFAULT_PORT})
+  --on-collision MODE         rename (keep both: "photo (1).jpg"), overwrite or reject (default rename)
+  --max-file-size SIZE        Largest file accepted, 0 = no limit (default 0)
+  --max-frame-size SIZE       Largest frame payload accepted (default 1M)
+  --max-connections N         Connections served at once (default 512)
+  --max-connections-per-ip N  Connections from one address at once (default 256)
+  --handshake-timeout DUR     Time allowed for the handshake and auth (default 10s)
+  --idle-timeout DUR          Close connections idle this long (default 5m)
+  --min-free SIZE             Free disk space that must remain after a file (default 64M)
+  --partial-ttl DUR           Delete unfinished partial files after this long (default 24h)
+  --max-message-size SIZE     Largest text message (default 64K)
+  --heartbeat-interval DUR    PING interval (default 5s)
+  --heartbeat-misses N        Silent intervals before a peer is dead (default 3)
+  --grace DUR                 On SIGINT/SIGTERM, time for transfers to finish (default 10s)
+  --token-file FILE           Require clients to prove this shared token (or set FERRY_TOKEN)
+  --tls-cert FILE --tls-key FILE   Serve TLS with this certificate and key (PEM)
+  --log-json                  One JSON object per log line
+  -q, --quiet                 Log only errors
+  -h, --help                  Show this help
+  -V, --version               Show the version
+
+SIZE takes K, M, G suffixes (powers of 1024); DUR takes ms, s, m, h, d (a bare number is seconds).
+
+Examples:
+  deno run --allow-net --allow-read=./inbox --allow-write=./inbox server.ts --dir ./inbox
+  bun server.ts --dir ~/Pictures/inbox --host 0.0.0.0 --port 9000 --on-collision reject
+  FERRY_TOKEN=s3cret bun server.ts --dir ./inbox --max-file-size 2G
+`;
+
+/** Parses server flags into options. Throws `TypeError` on bad usage. */
+export async function parseServeArgs(
+  args: string[],
+): Promise<{ options: ServerOptions; logJson: boolean; quiet: boolean; help: boolean; version: boolean }> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      dir: { type: "string", default: "./inbox" },
+      host: { type: "string" },
+      port: { type: "string" },
+      "on-collision": { type: "string" },
+      "max-file-size": { type: "string" },
+      "max-frame-size": { type: "string" },
+      "max-connections": { type: "string" },
+      "max-connections-per-ip": { type: "string" },
+      "handshake-timeout": { type: "string" },
+      "idle-timeout": { type: "string" },
+      "min-free": { type: "string" },
+      "partial-ttl": { type: "string" },
+      "max-message-size": { type: "string" },
+      "heartbeat-interval": { type: "string" },
+      "heartbeat-misses": { type: "string" },
+      grace: { type: "string" },
+      "token-file": { type: "string" },
+      "tls-cert": { type: "string" },
+      "tls-key": { type: "string" },
+      "log-json": { type: "boolean", default: false },
+      quiet: { type: "boolean", short: "q", default: false },
+      help: { type: "boolean", short: "h", default: false },
+      version: { type: "boolean", short: "V", default: false },
+    },
+  });
+  if (positionals.length > 0) throw new TypeError(`Unexpected argument: ${positionals[0]}`);
+  const o: ServerOptions = { dir: values.dir! };
+  if (values.host !== undefined) o.hostname = values.host;
+  if (values.port !== undefined) {
+    o.port = parseCount(values.port, "--port");
+    if (o.port > 65535) throw new TypeError(`Invalid value for --port: ${values.port} is above 65535`);
+  }
+  const collision = values["on-collision"];
+  if (collision !== undefined) {
+    if (collision !== "rename" && collision !== "overwrite" && collision !== "reject") {
+      throw new TypeError(`Invalid value for --on-collision: "${collision}" (use rename, overwrite or reject)`);
+    }
+    o.onCollision = collision;
+  }
+  const size = (flag: string) => values[flag as keyof typeof values] as string | undefined;
+  if (size("max-file-size")) o.maxFileSize = parseSize(size("max-file-size")!, "--max-file-size");
+  if (size("max-frame-size")) o.maxFrameSize = parseSize(size("max-frame-size")!, "--max-frame-size");
+  if (size("min-free")) o.minFreeBytes = parseSize(size("min-free")!, "--min-free");
+  if (size("max-message-size")) o.maxMessageBytes = parseSize(size("max-message-size")!, "--max-message-size");
+  if (size("max-connections")) o.maxConnections = parseCount(size("max-connections")!, "--max-connections", 1);
+  if (size("max-connections-per-ip")) {
+    o.maxConnectionsPerIp = parseCount(size("max-connections-per-ip")!, "--max-connections-per-ip", 1);
+  }
+  if (size("heartbeat-misses")) o.heartbeatMisses = parseCount(size("heartbeat-misses")!, "--heartbeat-misses", 1);
+  if (size("handshake-timeout")) {
+    o.handshakeTimeoutMs = parseDuration(size("handshake-timeout")!, "--handshake-timeout");
+  }
+  if (size("idle-timeout")) o.idleTimeoutMs = parseDuration(size("idle-timeout")!, "--idle-timeout");
+  if (size("partial-ttl")) o.partialTtlMs = parseDuration(size("partial-ttl")!, "--partial-ttl");
+  if (size("heartbeat-interval")) {
+    o.heartbeatIntervalMs = parseDuration(size("heartbeat-interval")!, "--heartbeat-interval");
+  }
+  if (size("grace")) o.graceMs = parseDuration(size("grace")!, "--grace");
+  if ((values["tls-cert"] === undefined) !== (values["tls-key"] === undefined)) {
+    throw new TypeError("--tls-cert and --tls-key go together");
+  }
+  if (values["tls-cert"] !== undefined) {
+    o.tls = { cert: await readFile(values["tls-cert"], "utf8"), key: await readFile(values["tls-key"]!, "utf8") };
+  }
+  o.token = await loadToken(values["token-file"]);
+  return {
+    options: o,
+    logJson: values["log-json"]!,
+    quiet: values.quiet!,
+    help: values.help!,
+    version: values.version!,
+  };
+}
+
+/** Runs the server CLI; resolves to the process exit code when the server stops. */
+export async function serveMain(args: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = await parseServeArgs(args);
+  } catch (e) {
+    err(`ferry: ${(e as Error).message}\nRun with --help for usage.`);
+    return ExitCode.USAGE;
+  }
+  if (parsed.help) {
+    out(SERVE_HELP);
+    return ExitCode.OK;
+  }
+  if (parsed.version) {
+    out(`ferry ${VERSION}`);
+    return ExitCode.OK;
+  }
+  const log = makeLogger(parsed.logJson, parsed.quiet);
+  let server;
+  try {
+    server = await serve(parsed.options);
+  } catch (e) {
+    const code = e instanceof FerryError ? e.code : (e as { code?: string }).code ?? "INTERNAL";
+    log("error", { event: "error", code, message: (e as Error).message }, `cannot start: ${(e as Error).message}`);
+    return code === "EADDRINUSE" || code === "EACCES" ? ExitCode.CONNECTION : ExitCode.INTERNAL;
+  }
+  const host = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
+  log("info", {
+    event: "listening",
+    host: server.hostname,
+    port: server.port,
+    dir: parsed.options.dir,
+    auth: parsed.options.token !== undefined,
+    tls: parsed.options.tls !== undefined,
+  }, `listening on ${host}:${server.port}, inbox ${parsed.options.dir}${parsed.options.token ? ", token required" : ""}${parsed.options.tls ? ", TLS" : ""}`);
+
+  server.on("connection", (c) => log("info", { event: "connect", conn: c.id, peer: c.peer }, `#${c.id} ${c.peer} connected`));
+  server.on("disconnect", (c) => {
+    const reason = c.reason instanceof FerryError ? c.reason.code : c.reason?.message;
+    log(
+      "info",
+      { event: "disconnect", conn: c.id, peer: c.peer, bytes: c.bytesReceived, files: c.filesReceived, reason },
+      `#${c.id} ${c.peer} disconnected: ${c.filesReceived} files, ${formatBytes(c.bytesReceived)}${reason ? ` (${reason})` : ""}`,
+    );
+  });
+  server.on("file", ({ connection, receipt }) => {
+    log(
+      "info",
+      { event: "file", conn: connection.id, peer: connection.peer, ...receipt },
+      `#${connection.id} ${receipt.duplicate ? "already have" : "stored"} "${escapeForDisplay(receipt.name)}" ${formatBytes(receipt.size)} sha256:${receipt.sha256.slice(0, 16)}…`,
+    );
+  });
+  server.on("fileError", ({ connection, name, error }) => {
+    log(
+      "warn",
+      { event: "file_error", conn: connection.id, peer: connection.peer, name, code: error.code, message: error.message },
+      `#${connection.id} refused${name ? ` "${escapeForDisplay(name)}"` : ""}: ${error.code}: ${escapeForDisplay(error.message)}`,
+    );
+  });
+  server.on("message", ({ connection, text, receivedAt }) => {
+    log(
+      "info",
+      { event: "message", conn: connection.id, peer: connection.peer, text, receivedAt },
+      `#${connection.id} message: ${escapeForDisplay(text.length > 200 ? text.slice(0, 200) + "…" : text)}`,
+    );
+  });
+
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log("warn", { event: "shutdown", signal, forced: true }, `${signal} again: exiting now`);
+        resolve(130);
+        return;
+      }
+      stopping = true;
+      log("info", { event: "shutdown", signal }, `${signal}: finishing transfers in flight, then exiting`);
+      server.close().then(() => {
+        log("info", { event: "stopped" }, "stopped");
+        resolve(ExitCode.OK);
+      });
+    };
+    process.on("SIGINT", () => stop("SIGINT"));
+    process.on("SIGTERM", () => stop("SIGTERM"));
+  });
+}
+
+type Level = "info" | "warn" | "error";
+
+/** One line per event: human-readable, or JSON with --log-json. Names are escaped by the callers. */
+function makeLogger(json: boolean, quiet: boolean) {
+  return (level: Level, fields: Record<string, unknown>, text: string) => {
+    if (quiet && level === "info" && fields.event !== "listening") return;
+    const time = new Date().toISOString();
+    if (json) out(JSON.stringify({ time, level, ...fields }));
+    else out(`${time} ${level === "info" ? "" : level.toUpperCase() + " "}${text}`);
+  };
+}

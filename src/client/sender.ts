@@ -1,0 +1,560 @@
+/**
+ * The sending side: connects, authenticates, pipelines file headers, streams
+ * data with backpressure, and on a dropped connection reconnects with backoff
+ * and resumes from the receiver's durable offset.
+ *
+ * @module
+ */
+import { open } from "node:fs/promises";
+import { FerryError, ProtocolError, RemoteError } from "../errors.ts";
+import { DEFAULT_MAX_FRAME_SIZE } from "../framing/frame.ts";
+import { Channel } from "../protocol/channel.ts";
+import {
+  Capability,
+  DATA_PREFIX_SIZE,
+  FileFlag,
+  PROTOCOL_VERSION,
+  ReceiptFlag,
+} from "../protocol/constants.ts";
+import { Heartbeat } from "../protocol/heartbeat.ts";
+import { type Message, toHex } from "../protocol/messages.ts";
+import { nodeNetRuntime } from "../runtime/node_net.ts";
+import type { Connection, Runtime, TlsClientOptions } from "../runtime/transport.ts";
+import { authMac } from "../server/auth.ts";
+import { backoffDelay } from "./backoff.ts";
+import { describeFile, expandItems, fileChanged, type LocalFile, READ_CHUNK, type SendItem } from "./files.ts";
+import { parseTarget, type SendTarget } from "./target.ts";
+
+/** Options for {@linkcode send}. */
+export interface SendOptions {
+  /** Shared token, when the server requires auth. */
+  token?: string;
+  /** Use TLS (with optional CA or pin). */
+  tls?: TlsClientOptions;
+  /** Text messages to deliver (after the files). */
+  messages?: string[];
+  /** Bytes per DATA frame, capped by the server's max frame size. Default 256 KiB. */
+  chunkSize?: number;
+  /** FILE headers sent ahead of the file being streamed. Default 32. */
+  window?: number;
+  /** Reconnect attempts after a drop; 0 disables resume. Default 8. */
+  retries?: number;
+  /** First backoff delay. Default 250 ms; doubles up to `backoffMaxMs`, with jitter. */
+  backoffBaseMs?: number;
+  /** Longest backoff delay. Default 10 s. */
+  backoffMaxMs?: number;
+  /** PING interval. Default 5 s. */
+  heartbeatIntervalMs?: number;
+  /** Silent intervals before the server is declared dead. Default 3. */
+  heartbeatMisses?: number;
+  /** Time allowed to connect and complete the handshake. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** Receives progress and lifecycle events. */
+  onEvent?: (event: SendEvent) => void;
+  /** Cancels the send. */
+  signal?: AbortSignal;
+  /** Socket runtime; defaults to node:net. */
+  runtime?: Runtime;
+}
+
+/** What the receiver confirmed for one file. */
+export interface SendReceipt {
+  /** Local path. */
+  path: string;
+  /** Name it was offered under. */
+  name: string;
+  /** Name it was stored under (differs on a collision). */
+  storedName: string;
+  size: number;
+  /** The receiver's SHA-256 of the stored bytes, lowercase hex. */
+  sha256: string;
+  /** The same file was already there; nothing was sent. */
+  duplicate: boolean;
+}
+
+/** A file the receiver refused or failed to store. */
+export interface SendFailure {
+  path: string;
+  name: string;
+  error: FerryError;
+}
+
+/** The outcome of {@linkcode send}. */
+export interface SendResult {
+  receipts: SendReceipt[];
+  failures: SendFailure[];
+  /** Ids of the acknowledged messages, in order. */
+  messagesAcked: number;
+  /** DATA bytes written to sockets, resent bytes included. */
+  bytesSent: number;
+  /** How many times the connection was re-established. */
+  reconnects: number;
+}
+
+/** Events for progress displays and `--json` output. */
+export type SendEvent =
+  | { type: "start"; files: number; bytes: number; messages: number }
+  | { type: "connected"; attempt: number; server: string }
+  | { type: "file"; name: string; size: number; offset: number }
+  | { type: "progress"; name: string; sent: number; size: number; totalSent: number; totalBytes: number }
+  | { type: "done"; receipt: SendReceipt }
+  | { type: "error"; name: string; code: string; message: string }
+  | { type: "message"; index: number }
+  | { type: "reconnect"; attempt: number; delayMs: number; reason: string }
+  | { type: "rtt"; ms: number };
+
+/** Remote per-file codes that are worth another try after a reconnect. */
+const RETRIABLE_FILE_CODES = new Set(["FILE_BUSY", "SHUTTING_DOWN"]);
+/** Connection-level codes after which reconnecting cannot help. */
+const FATAL_CONNECTION_CODES = new Set([
+  "AUTH_FAILED",
+  "AUTH_REQUIRED",
+  "RATE_LIMITED",
+  "UNSUPPORTED_VERSION",
+  "BAD_MAGIC",
+  "TLS_MISMATCH",
+]);
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve: (v: T) => void;
+  reject: (e: unknown) => void;
+}
+function deferred<T>(): Deferred<T> {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+/** A file's progress across connections. */
+interface FileJob {
+  item: Required<SendItem>;
+  file?: LocalFile;
+  done: boolean;
+  sent: number;
+}
+
+/** The answer to a FILE frame on one connection. */
+type Answer = { kind: "accept"; offset: number } | { kind: "finished" };
+
+/**
+ * Sends files, folders and messages to a ferry server, reconnecting and
+ * resuming if the connection drops. Per-file refusals are reported in
+ * `failures`; a connection that cannot be (re)established throws
+ * `FerryError` with code `CONNECTION_FAILED` (or the server's fatal code).
+ *
+ * @example Send two files and a message
+ * ```ts
+ * import { send } from "../../mod.ts";
+ * const result = await send("127.0.0.1:9000", ["photo.jpg", "album/"], {
+ *   messages: ["here you go"],
+ *   onEvent: (e) => e.type === "done" && console.log("stored", e.receipt.storedName),
+ * });
+ * console.log(result.receipts.length, "files delivered");
+ * ```
+ */
+export async function send(
+  target: string | SendTarget,
+  items: ReadonlyArray<string | SendItem>,
+  options: SendOptions = {},
+): Promise<SendResult> {
+  const to = typeof target === "string" ? parseTarget(target) : target;
+  const emit = options.onEvent ?? (() => {});
+  const expanded = await expandItems(items);
+  const jobs: FileJob[] = expanded.map((item) => ({ item, done: false, sent: 0 }));
+  const messages = (options.messages ?? []).map((text) => ({ text, acked: false }));
+  const result: SendResult = { receipts: [], failures: [], messagesAcked: 0, bytesSent: 0, reconnects: 0 };
+  const retries = options.retries ?? 8;
+  const runtime = options.runtime ?? nodeNetRuntime;
+
+  let totalBytes = 0;
+  for (const job of jobs) {
+    try {
+      job.file = await describeFile(job.item);
+      totalBytes += job.file.size;
+    } catch (e) {
+      fail(job, e instanceof FerryError ? e : new FerryError("IO_ERROR", String(e), { cause: e }));
+    }
+  }
+  emit({ type: "start", files: jobs.length, bytes: totalBytes, messages: messages.length });
+
+  function fail(job: FileJob, error: FerryError): void {
+    job.done = true;
+    result.failures.push({ path: job.item.path, name: job.item.name, error });
+    emit({ type: "error", name: job.item.name, code: error.code, message: error.message });
+  }
+
+  const progress = {
+    totalBytes,
+    totalSent: () => jobs.reduce((n, j) => n + (j.file ? Math.min(j.sent, j.file.size) : 0), 0),
+  };
+
+  for (let attempt = 0;; attempt++) {
+    if (jobs.every((j) => j.done) && messages.every((m) => m.acked)) break;
+    options.signal?.throwIfAborted();
+    let conn: Connection | undefined;
+    try {
+      conn = await connectWithTimeout(runtime, to, options);
+      const session = new ClientSession(conn, options, emit, result, fail, progress);
+      await session.handshake();
+      emit({ type: "connected", attempt, server: `${to.hostname}:${to.port}` });
+      await session.run(jobs, messages);
+      attempt = -1; // progress was made on this connection: the next drop starts a fresh backoff
+    } catch (e) {
+      conn?.close();
+      const error = toConnectionError(e);
+      if (FATAL_CONNECTION_CODES.has(error.code) || options.signal?.aborted) throw error;
+      if (attempt + 1 > retries) {
+        throw new FerryError(
+          "CONNECTION_FAILED",
+          `Cannot reach ${to.hostname}:${to.port} after ${attempt + 1} attempts: ${error.message}`,
+          { cause: error },
+        );
+      }
+      const delayMs = backoffDelay(attempt, options.backoffBaseMs ?? 250, options.backoffMaxMs ?? 10_000);
+      emit({ type: "reconnect", attempt: attempt + 1, delayMs, reason: error.message });
+      result.reconnects++;
+      await sleep(delayMs, options.signal);
+      // A source that changed while we were away is re-hashed, so old and new bytes are never spliced.
+      for (const job of jobs) {
+        if (!job.done && job.file && await fileChanged(job.file)) {
+          try {
+            job.file = await describeFile(job.item);
+          } catch (err) {
+            fail(job, err instanceof FerryError ? err : new FerryError("IO_ERROR", String(err)));
+          }
+        }
+      }
+      continue;
+    } finally {
+      conn?.close();
+    }
+  }
+  return result;
+}
+
+function toConnectionError(e: unknown): FerryError {
+  if (e instanceof FerryError) return e;
+  const err = e as Error & { code?: string };
+  return new FerryError("CONNECTION_FAILED", err?.message ?? String(e), { cause: e });
+}
+
+async function connectWithTimeout(runtime: Runtime, to: SendTarget, options: SendOptions): Promise<Connection> {
+  const ms = options.connectTimeoutMs ?? 10_000;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new FerryError("CONNECTION_FAILED", `Cannot connect to ${to.hostname}:${to.port} in ${ms} ms`)),
+      ms,
+    );
+  });
+  const connecting = runtime.connect({ hostname: to.hostname, port: to.port, tls: options.tls });
+  try {
+    return await Promise.race([connecting, timeout]);
+  } catch (e) {
+    connecting.then((c) => c.close(), () => {});
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    }, { once: true });
+  });
+}
+
+/** One connection's worth of the send. */
+class ClientSession {
+  #conn: Connection;
+  #channel: Channel;
+  #o: SendOptions;
+  #emit: (e: SendEvent) => void;
+  #result: SendResult;
+  #fail: (job: FileJob, error: FerryError) => void;
+  #progress: { totalBytes: number; totalSent: () => number };
+  #serverMaxFrame = DEFAULT_MAX_FRAME_SIZE;
+  #answers = new Map<number, { job: FileJob; answer: Deferred<Answer>; finished: Deferred<void> }>();
+  #acks = new Map<number, Deferred<boolean>>();
+  #broken = deferred<never>();
+  #heartbeat?: Heartbeat;
+  #nextId = 1;
+
+  constructor(
+    conn: Connection,
+    options: SendOptions,
+    emit: (e: SendEvent) => void,
+    result: SendResult,
+    fail: (job: FileJob, error: FerryError) => void,
+    progress: { totalBytes: number; totalSent: () => number },
+  ) {
+    this.#conn = conn;
+    this.#o = options;
+    this.#emit = emit;
+    this.#result = result;
+    this.#fail = fail;
+    this.#progress = progress;
+    this.#channel = new Channel(conn, { maxFrameSize: DEFAULT_MAX_FRAME_SIZE });
+  }
+
+  async handshake(): Promise<void> {
+    const ms = this.#o.connectTimeoutMs ?? 10_000;
+    const timer = setTimeout(() => this.#conn.close(), ms);
+    try {
+      await this.#channel.send({
+        kind: "hello",
+        version: PROTOCOL_VERSION,
+        capabilities: Capability.RESUME | Capability.MESSAGES | Capability.HEARTBEAT,
+        maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
+      });
+      const welcome = await this.#expect("welcome");
+      this.#serverMaxFrame = welcome.maxFrameSize;
+      if (welcome.capabilities & Capability.AUTH) {
+        if (this.#o.token === undefined) {
+          throw new FerryError("AUTH_REQUIRED", "Server requires a token: pass --token-file or set FERRY_TOKEN");
+        }
+        await this.#channel.send({ kind: "auth", mac: authMac(this.#o.token, welcome.nonce) });
+        await this.#expect("auth_ok");
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async #expect<K extends Message["kind"]>(kind: K): Promise<Extract<Message, { kind: K }>> {
+    const m = await this.#channel.receive();
+    if (m === null) {
+      throw new FerryError("CONNECTION_FAILED", `Connection closed while waiting for ${kind.toUpperCase()}`);
+    }
+    if (m.kind === "error") throw new RemoteError(m.code, m.message, m.id);
+    if (m.kind !== kind) {
+      throw new ProtocolError("UNEXPECTED_FRAME", `Expected ${kind.toUpperCase()}, got ${m.kind.toUpperCase()}`);
+    }
+    return m as Extract<Message, { kind: K }>;
+  }
+
+  async run(jobs: FileJob[], messages: Array<{ text: string; acked: boolean }>): Promise<void> {
+    const reading = this.#readLoop();
+    this.#heartbeat = new Heartbeat({
+      intervalMs: this.#o.heartbeatIntervalMs ?? 5_000,
+      misses: this.#o.heartbeatMisses ?? 3,
+      lastReceivedAt: () => this.#channel.lastReceivedAt,
+      sendPing: (token) => {
+        this.#channel.send({ kind: "ping", token }).catch(() => {});
+      },
+      onDead: (silentMs) => {
+        this.#broken.reject(new FerryError("PEER_DEAD", `Server sent nothing for ${Math.round(silentMs)} ms`));
+        this.#conn.close();
+      },
+      onRtt: (ms) => this.#emit({ type: "rtt", ms: Math.round(ms * 10) / 10 }),
+    });
+    this.#heartbeat.start();
+    try {
+      await Promise.race([this.#sendAll(jobs, messages), this.#broken.promise]);
+    } finally {
+      this.#heartbeat.stop();
+      this.#conn.close();
+      await reading.catch(() => {});
+    }
+  }
+
+  async #sendAll(jobs: FileJob[], messages: Array<{ text: string; acked: boolean }>): Promise<void> {
+    const todo = jobs.filter((j) => !j.done && j.file);
+    const window = Math.max(1, this.#o.window ?? 32);
+    const entries: Array<{ id: number; job: FileJob; answer: Deferred<Answer>; finished: Deferred<void> }> = [];
+    let headersSent = 0;
+    const sendHeadersUpTo = async (n: number) => {
+      for (; headersSent < Math.min(n, todo.length); headersSent++) {
+        const job = todo[headersSent];
+        const file = job.file!;
+        const id = this.#nextId++;
+        const entry = { id, job, answer: deferred<Answer>(), finished: deferred<void>() };
+        this.#answers.set(id, entry);
+        entries.push(entry);
+        await this.#channel.send({
+          kind: "file",
+          id,
+          flags: FileFlag.RESUME,
+          size: file.size,
+          sha256: file.sha256,
+          mtimeMs: file.mtimeMs,
+          name: file.name,
+          mime: "",
+        });
+      }
+    };
+    for (let i = 0; i < todo.length; i++) {
+      await sendHeadersUpTo(i + window);
+      const entry = entries[i];
+      const answer = await entry.answer.promise;
+      if (answer.kind === "accept") await this.#stream(entry.id, entry.job, answer.offset);
+    }
+    // Messages go after the files; each waits for its own ack below.
+    const pendingAcks: Promise<void>[] = [];
+    for (const [index, m] of messages.entries()) {
+      if (m.acked) continue;
+      const id = this.#nextId++;
+      const ack = deferred<boolean>();
+      this.#acks.set(id, ack);
+      await this.#channel.send({ kind: "message", id, text: m.text });
+      pendingAcks.push(ack.promise.then((stored) => {
+        m.acked = true;
+        if (!stored) return;
+        this.#result.messagesAcked++;
+        this.#emit({ type: "message", index });
+      }));
+    }
+    await Promise.all([...entries.map((e) => e.finished.promise), ...pendingAcks]);
+  }
+
+  async #stream(id: number, job: FileJob, offset: number): Promise<void> {
+    const file = job.file!;
+    if (offset > file.size) throw new ProtocolError("BAD_OFFSET", `Server asked for offset ${offset} past the end`);
+    this.#emit({ type: "file", name: file.name, size: file.size, offset });
+    const chunkSize = Math.max(
+      1,
+      Math.min(this.#o.chunkSize ?? 256 * 1024, this.#serverMaxFrame - DATA_PREFIX_SIZE, READ_CHUNK),
+    );
+    job.sent = offset;
+    const handle = await open(file.path, "r");
+    try {
+      let position = offset;
+      let lastEmit = 0;
+      while (position < file.size) {
+        // A fresh buffer each time: the socket may still hold the previous one.
+        const buffer = new Uint8Array(Math.min(chunkSize, file.size - position));
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+        if (bytesRead === 0) {
+          throw new FerryError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
+        }
+        await this.#channel.sendData(id, position, buffer.subarray(0, bytesRead));
+        position += bytesRead;
+        job.sent = position;
+        this.#result.bytesSent += bytesRead;
+        const now = performance.now();
+        if (now - lastEmit > 100 || position === file.size) {
+          lastEmit = now;
+          this.#emit({
+            type: "progress",
+            name: file.name,
+            sent: position,
+            size: file.size,
+            totalSent: this.#progress.totalSent(),
+            totalBytes: this.#progress.totalBytes,
+          });
+        }
+      }
+    } finally {
+      await handle.close();
+    }
+    await this.#channel.send({ kind: "end", id });
+  }
+
+  async #readLoop(): Promise<void> {
+    try {
+      for (;;) {
+        const m = await this.#channel.receive();
+        if (m === null) {
+          throw new FerryError("CONNECTION_FAILED", "Server closed the connection");
+        }
+        await this.#onMessage(m);
+      }
+    } catch (e) {
+      this.#broken.reject(e);
+    }
+  }
+
+  async #onMessage(m: Message): Promise<void> {
+    switch (m.kind) {
+      case "accept": {
+        const entry = this.#answers.get(m.id);
+        entry?.answer.resolve({ kind: "accept", offset: m.offset });
+        return;
+      }
+      case "receipt": {
+        const entry = this.#answers.get(m.id);
+        if (!entry) return;
+        this.#answers.delete(m.id);
+        const file = entry.job.file!;
+        const sha256 = toHex(m.sha256);
+        entry.job.done = true;
+        entry.job.sent = file.size;
+        if (sha256 !== toHex(file.sha256) || m.size !== file.size) {
+          this.#fail(
+            entry.job,
+            new FerryError("HASH_MISMATCH", `Receiver's hash of ${file.name} does not match the local file`),
+          );
+        } else {
+          const receipt: SendReceipt = {
+            path: file.path,
+            name: file.name,
+            storedName: m.storedName,
+            size: m.size,
+            sha256,
+            duplicate: (m.flags & ReceiptFlag.DUPLICATE) !== 0,
+          };
+          this.#result.receipts.push(receipt);
+          this.#emit({ type: "done", receipt });
+        }
+        entry.answer.resolve({ kind: "finished" });
+        entry.finished.resolve();
+        return;
+      }
+      case "error": {
+        if (m.id === 0) throw new RemoteError(m.code, m.message);
+        const entry = this.#answers.get(m.id);
+        if (entry) {
+          this.#answers.delete(m.id);
+          if (RETRIABLE_FILE_CODES.has(m.code)) {
+            // Leave the job open: the next connection offers it again.
+            entry.answer.resolve({ kind: "finished" });
+            entry.finished.reject(new RemoteError(m.code, m.message, m.id));
+            this.#broken.reject(new RemoteError(m.code, m.message, m.id));
+            return;
+          }
+          this.#fail(entry.job, new RemoteError(m.code, m.message, m.id));
+          entry.answer.resolve({ kind: "finished" });
+          entry.finished.resolve();
+          return;
+        }
+        const ack = this.#acks.get(m.id);
+        if (ack) {
+          this.#acks.delete(m.id);
+          // A refused message is final: report it and count it as handled.
+          this.#emit({ type: "error", name: "(message)", code: m.code, message: m.message });
+          this.#result.failures.push({
+            path: "",
+            name: "(message)",
+            error: new RemoteError(m.code, m.message, m.id),
+          });
+          ack.resolve(false);
+        }
+        return;
+      }
+      case "message_ack": {
+        const ack = this.#acks.get(m.id);
+        this.#acks.delete(m.id);
+        ack?.resolve(true);
+        return;
+      }
+      case "ping":
+        await this.#channel.send({ kind: "pong", token: m.token });
+        return;
+      case "pong":
+        this.#heartbeat?.pong(m.token);
+        return;
+      default:
+        throw new ProtocolError("UNEXPECTED_FRAME", `Unexpected ${m.kind.toUpperCase()} frame from the server`);
+    }
+  }
+}

@@ -1,0 +1,184 @@
+import { ProtocolError } from "../errors.ts";
+import { DEFAULT_MAX_FRAME_SIZE, type Frame, FRAME_HEADER_SIZE } from "./frame.ts";
+
+/** Options for {@linkcode FrameDecoder}. */
+export interface FrameDecoderOptions {
+  /** Largest payload accepted, in bytes. Larger length prefixes raise `FRAME_TOO_LARGE` before any allocation. */
+  maxFrameSize?: number;
+}
+
+/**
+ * An incremental frame decoder: push bytes as they arrive, however TCP split
+ * or glued them, and take out whole frames.
+ *
+ * Pending bytes are kept as a list of chunks. A frame that lies inside one
+ * chunk is returned as a zero-copy `subarray`; only a frame that spans chunks
+ * is joined into a new buffer, and that buffer is allocated only once the
+ * whole frame has arrived, so a hostile length prefix allocates nothing.
+ *
+ * @example Decode a stream split at awkward places
+ * ```ts
+ * import { FrameDecoder } from "./decoder.ts";
+ * const decoder = new FrameDecoder();
+ * decoder.push(new Uint8Array([0, 0, 0, 2, 0x30, 0x68]));
+ * decoder.next(); // undefined: the frame is not complete yet
+ * decoder.push(new Uint8Array([0x69]));
+ * decoder.next(); // { type: 0x30, payload: Uint8Array [0x68, 0x69] }
+ * ```
+ */
+export class FrameDecoder {
+  readonly maxFrameSize: number;
+  #chunks: Uint8Array[] = [];
+  /** Read offset inside `#chunks[0]`. */
+  #head = 0;
+  #buffered = 0;
+  #header = new Uint8Array(FRAME_HEADER_SIZE);
+
+  constructor(options: FrameDecoderOptions = {}) {
+    const max = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
+    if (!Number.isInteger(max) || max < 0 || max > 0xffffffff) {
+      throw new RangeError(`Cannot create decoder: maxFrameSize ${max} is not a u32`);
+    }
+    this.maxFrameSize = max;
+  }
+
+  /** Bytes received but not yet returned as frames. */
+  get bufferedBytes(): number {
+    return this.#buffered;
+  }
+
+  /** Adds received bytes. The decoder keeps a reference; do not reuse the buffer. */
+  push(chunk: Uint8Array): void {
+    if (chunk.length === 0) return;
+    this.#chunks.push(chunk);
+    this.#buffered += chunk.length;
+  }
+
+  /**
+   * Returns the next whole frame, or `undefined` if more bytes are needed.
+   * Throws `ProtocolError` (`FRAME_TOO_LARGE`) as soon as a length prefix
+   * exceeds the limit.
+   */
+  next(): Frame | undefined {
+    if (this.#buffered < FRAME_HEADER_SIZE) return undefined;
+    const header = this.#peek(FRAME_HEADER_SIZE);
+    const length = ((header[0] << 24) | (header[1] << 16) | (header[2] << 8) | header[3]) >>> 0;
+    const type = header[4];
+    if (length > this.maxFrameSize) {
+      throw new ProtocolError(
+        "FRAME_TOO_LARGE",
+        `Cannot read frame: length ${length} exceeds limit ${this.maxFrameSize}`,
+      );
+    }
+    if (this.#buffered < FRAME_HEADER_SIZE + length) return undefined;
+    this.#skip(FRAME_HEADER_SIZE);
+    return { type, payload: this.#take(length) };
+  }
+
+  /** Decodes every whole frame from `chunk` plus what was pending. */
+  *decode(chunk: Uint8Array): Generator<Frame> {
+    this.push(chunk);
+    for (let frame = this.next(); frame; frame = this.next()) yield frame;
+  }
+
+  /**
+   * Declares end of input. Throws `TRUNCATED_FRAME` if a partial frame is
+   * pending: a frame cut by EOF is an error, never silently dropped.
+   */
+  end(): void {
+    if (this.#buffered > 0) {
+      throw new ProtocolError(
+        "TRUNCATED_FRAME",
+        `Cannot read frame: stream ended with ${this.#buffered} bytes of an incomplete frame`,
+      );
+    }
+  }
+
+  /** Copies the first `n` bytes (n <= 5) without consuming them. */
+  #peek(n: number): Uint8Array {
+    const first = this.#chunks[0];
+    if (first.length - this.#head >= n) return first.subarray(this.#head, this.#head + n);
+    const out = this.#header;
+    let filled = 0;
+    let offset = this.#head;
+    for (const chunk of this.#chunks) {
+      const take = Math.min(n - filled, chunk.length - offset);
+      out.set(chunk.subarray(offset, offset + take), filled);
+      filled += take;
+      offset = 0;
+      if (filled === n) break;
+    }
+    return out;
+  }
+
+  #skip(n: number): void {
+    this.#buffered -= n;
+    while (n > 0) {
+      const available = this.#chunks[0].length - this.#head;
+      if (n < available) {
+        this.#head += n;
+        return;
+      }
+      n -= available;
+      this.#chunks.shift();
+      this.#head = 0;
+    }
+  }
+
+  #take(n: number): Uint8Array {
+    this.#buffered -= n;
+    const first = this.#chunks[0];
+    if (n === 0) return new Uint8Array(0);
+    const available = first.length - this.#head;
+    if (n <= available) {
+      const view = first.subarray(this.#head, this.#head + n);
+      this.#head += n;
+      if (this.#head === first.length) {
+        this.#chunks.shift();
+        this.#head = 0;
+      }
+      return view;
+    }
+    const out = new Uint8Array(n);
+    let filled = 0;
+    while (filled < n) {
+      const chunk = this.#chunks[0];
+      const take = Math.min(n - filled, chunk.length - this.#head);
+      out.set(chunk.subarray(this.#head, this.#head + take), filled);
+      filled += take;
+      this.#head += take;
+      if (this.#head === chunk.length) {
+        this.#chunks.shift();
+        this.#head = 0;
+      }
+    }
+    return out;
+  }
+}
+
+/**
+ * A `TransformStream` from bytes to {@linkcode Frame}s. A stream that ends
+ * inside a frame errors with `TRUNCATED_FRAME`.
+ *
+ * @example
+ * ```ts
+ * import { FrameDecoderStream } from "./decoder.ts";
+ * const bytes = ReadableStream.from([new Uint8Array([0, 0, 0, 0, 0x20])]);
+ * for await (const frame of bytes.pipeThrough(new FrameDecoderStream())) {
+ *   frame.type; // 0x20
+ * }
+ * ```
+ */
+export class FrameDecoderStream extends TransformStream<Uint8Array, Frame> {
+  constructor(options: FrameDecoderOptions = {}) {
+    const decoder = new FrameDecoder(options);
+    super({
+      transform(chunk, controller) {
+        for (const frame of decoder.decode(chunk)) controller.enqueue(frame);
+      },
+      flush() {
+        decoder.end();
+      },
+    });
+  }
+}

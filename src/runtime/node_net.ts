@@ -1,0 +1,267 @@
+/**
+ * The transport on `node:net` / `node:tls`, which both Deno and Bun implement.
+ * This file and its siblings in `src/runtime/` are the only place that
+ * touches sockets.
+ *
+ * @module
+ */
+import * as net from "node:net";
+import * as tls from "node:tls";
+import { createHash, X509Certificate } from "node:crypto";
+import { FerryError } from "../errors.ts";
+import type { Connection, Listener, Runtime, TlsClientOptions } from "./transport.ts";
+
+/** Unread bytes above which the socket is paused. */
+const READ_HIGH_WATER = 1024 * 1024;
+
+class NodeConnection implements Connection {
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly closed: Promise<void>;
+  #socket: net.Socket;
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #ended = false;
+  #error: Error | undefined;
+  #waiter: ((chunk: Uint8Array | null) => void) | undefined;
+  #waiterReject: ((e: Error) => void) | undefined;
+  #paused = false;
+
+  constructor(socket: net.Socket) {
+    this.#socket = socket;
+    this.remoteAddress = stripV4Mapped(socket.remoteAddress ?? "");
+    this.remotePort = socket.remotePort ?? 0;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 15_000);
+    socket.on("data", (chunk: Uint8Array) => {
+      if (this.#waiter) {
+        const w = this.#waiter;
+        this.#waiter = this.#waiterReject = undefined;
+        w(chunk);
+        return;
+      }
+      this.#queue.push(chunk);
+      this.#queued += chunk.length;
+      if (this.#queued >= READ_HIGH_WATER && !this.#paused) {
+        this.#paused = true;
+        socket.pause();
+      }
+    });
+    socket.on("end", () => {
+      this.#ended = true;
+      this.#wake();
+    });
+    socket.on("error", (e: Error) => {
+      this.#error ??= e;
+      this.#wake();
+    });
+    this.closed = new Promise((resolve) => socket.once("close", () => {
+      this.#ended = true;
+      this.#wake();
+      resolve();
+    }));
+  }
+
+  get bytesWritten(): number {
+    return this.#socket.bytesWritten ?? 0;
+  }
+  get bytesRead(): number {
+    return this.#socket.bytesRead ?? 0;
+  }
+
+  #wake(): void {
+    if (!this.#waiter) return;
+    const w = this.#waiter;
+    const r = this.#waiterReject!;
+    this.#waiter = this.#waiterReject = undefined;
+    if (this.#error && !isBenignClose(this.#error)) r(this.#error);
+    else w(null);
+  }
+
+  read(): Promise<Uint8Array | null> {
+    const chunk = this.#queue.shift();
+    if (chunk) {
+      this.#queued -= chunk.length;
+      if (this.#paused && this.#queued < READ_HIGH_WATER / 2) {
+        this.#paused = false;
+        this.#socket.resume();
+      }
+      return Promise.resolve(chunk);
+    }
+    if (this.#error && !isBenignClose(this.#error)) return Promise.reject(this.#error);
+    if (this.#ended || this.#socket.destroyed) return Promise.resolve(null);
+    if (this.#paused) {
+      this.#paused = false;
+      this.#socket.resume();
+    }
+    return new Promise((resolve, reject) => {
+      this.#waiter = resolve;
+      this.#waiterReject = reject;
+    });
+  }
+
+  write(parts: Uint8Array | readonly Uint8Array[]): Promise<void> {
+    const socket = this.#socket;
+    if (socket.destroyed || this.#error) {
+      return Promise.reject(
+        new FerryError("IO_ERROR", "Cannot write: connection is closed", { cause: this.#error }),
+      );
+    }
+    let ok = true;
+    if (parts instanceof Uint8Array) {
+      ok = socket.write(parts);
+    } else if (parts.length === 1) {
+      ok = socket.write(parts[0]);
+    } else {
+      // cork/uncork turns the parts into one writev: header and payload leave together.
+      socket.cork();
+      for (const part of parts) ok = socket.write(part);
+      socket.uncork();
+    }
+    if (ok) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const cleanup = () => {
+        socket.off("drain", onDrain);
+        socket.off("close", onClose);
+      };
+      const onDrain = () => {
+        cleanup();
+        resolve();
+      };
+      const onClose = () => {
+        cleanup();
+        reject(new FerryError("IO_ERROR", "Cannot write: connection closed", { cause: this.#error }));
+      };
+      socket.on("drain", onDrain);
+      socket.on("close", onClose);
+    });
+  }
+
+  closeWrite(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#socket.destroyed || this.#socket.writableEnded) return resolve();
+      this.#socket.end(() => resolve());
+    });
+  }
+
+  close(): void {
+    this.#socket.destroy();
+  }
+}
+
+function isBenignClose(e: Error): boolean {
+  const code = (e as { code?: string }).code;
+  return code === "ECONNRESET" || code === "EPIPE";
+}
+
+function stripV4Mapped(address: string): string {
+  return address.startsWith("::ffff:") && address.includes(".") ? address.slice(7) : address;
+}
+
+/** Returns the `sha256:<hex>` fingerprint of a PEM or DER certificate. */
+export function certificateFingerprint(cert: string | Uint8Array): string {
+  const der = typeof cert === "string" ? new X509Certificate(cert).raw : cert;
+  return "sha256:" + createHash("sha256").update(der).digest("hex");
+}
+
+function normalizePin(pin: string): string {
+  const hex = pin.replace(/^sha256:/i, "").replace(/:/g, "").toLowerCase();
+  return "sha256:" + hex;
+}
+
+function connectTls(
+  options: { hostname: string; port: number; tls: TlsClientOptions },
+): Promise<net.Socket> {
+  const { pin, ca, serverName } = options.tls;
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: options.hostname,
+      port: options.port,
+      ca,
+      servername: serverName ?? (net.isIP(options.hostname) ? undefined : options.hostname),
+      // A pinned certificate is checked below instead of against a CA.
+      rejectUnauthorized: !pin,
+    });
+    socket.once("secureConnect", () => {
+      if (pin) {
+        const peer = socket.getPeerCertificate();
+        const actual = peer?.raw ? certificateFingerprint(peer.raw) : "none";
+        if (actual !== normalizePin(pin)) {
+          socket.destroy();
+          reject(
+            new FerryError(
+              "TLS_MISMATCH",
+              `Cannot trust server: certificate fingerprint ${actual} does not match pin ${normalizePin(pin)}`,
+            ),
+          );
+          return;
+        }
+      }
+      socket.off("error", reject);
+      resolve(socket);
+    });
+    socket.once("error", (e) =>
+      reject(new FerryError("TLS_MISMATCH", `Cannot establish TLS: ${e.message}`, { cause: e })));
+  });
+}
+
+/**
+ * The `node:net` runtime adapter.
+ *
+ * @example Echo server on an ephemeral port
+ * ```ts
+ * import { nodeNetRuntime } from "./node_net.ts";
+ * const listener = await nodeNetRuntime.listen({ hostname: "127.0.0.1", port: 0 }, async (conn) => {
+ *   for (let c = await conn.read(); c; c = await conn.read()) await conn.write(c);
+ *   conn.close();
+ * });
+ * await listener.close();
+ * ```
+ */
+export const nodeNetRuntime: Runtime = {
+  name: typeof (globalThis as { Bun?: unknown }).Bun !== "undefined"
+    ? "bun"
+    : typeof (globalThis as { Deno?: unknown }).Deno !== "undefined"
+    ? "deno"
+    : "node",
+
+  listen(options, onConnection) {
+    return new Promise((resolve, reject) => {
+      const handler = (socket: net.Socket) => onConnection(new NodeConnection(socket));
+      const server = options.tls
+        ? tls.createServer({ cert: options.tls.cert, key: options.tls.key }, handler)
+        : net.createServer({ noDelay: true }, handler);
+      server.once("error", reject);
+      server.listen({ host: options.hostname, port: options.port }, () => {
+        server.off("error", reject);
+        const address = server.address() as net.AddressInfo;
+        resolve({
+          hostname: address.address,
+          port: address.port,
+          // Stop accepting now; node would otherwise wait for every open connection.
+          close: () => {
+            server.close();
+            return Promise.resolve();
+          },
+        } satisfies Listener);
+      });
+    });
+  },
+
+  async connect(options) {
+    let socket: net.Socket;
+    if (options.tls) {
+      socket = await connectTls({ ...options, tls: options.tls });
+    } else {
+      socket = await new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host: options.hostname, port: options.port });
+        s.once("connect", () => {
+          s.off("error", reject);
+          resolve(s);
+        });
+        s.once("error", reject);
+      });
+    }
+    return new NodeConnection(socket);
+  },
+};

@@ -1,0 +1,70 @@
+/**
+ * The one transport interface the core speaks. Each runtime's socket code
+ * lives behind it (see `node_net.ts`); the server and client never touch a
+ * runtime API directly.
+ *
+ * @module
+ */
+
+/** A connected, bidirectional byte stream. */
+export interface Connection {
+  /** Peer address, e.g. "127.0.0.1" or "::1". */
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  /**
+   * The next chunk of received bytes, or `null` at end of stream. While the
+   * caller does not call `read()`, the transport stops reading from the
+   * socket (backpressure reaches the peer through TCP's window).
+   */
+  read(): Promise<Uint8Array | null>;
+  /**
+   * Queues bytes for sending; several parts go out in one write. Resolves when
+   * the runtime can take more (its buffer is below the high-water mark).
+   * Rejects if the connection failed.
+   */
+  write(parts: Uint8Array | readonly Uint8Array[]): Promise<void>;
+  /** Sends FIN after queued bytes are flushed; reading continues. */
+  closeWrite(): Promise<void>;
+  /** Tears the connection down at once. Pending `read()` calls get `null`. */
+  close(): void;
+  /** A promise that settles when the connection is fully closed. */
+  readonly closed: Promise<void>;
+  /** Bytes written to the socket so far. */
+  readonly bytesWritten: number;
+  /** Bytes read from the socket so far. */
+  readonly bytesRead: number;
+}
+
+/** A listening socket. */
+export interface Listener {
+  /** The bound address; `port` is the real port when 0 was asked for. */
+  readonly hostname: string;
+  readonly port: number;
+  /** Stops accepting. Open connections stay open. */
+  close(): Promise<void>;
+}
+
+/** TLS settings for listen/connect (PEM strings). */
+export interface TlsServerOptions {
+  cert: string;
+  key: string;
+}
+export interface TlsClientOptions {
+  /** Extra CA certificates (PEM); the system store is used otherwise. */
+  ca?: string;
+  /** Server name for SNI and verification. */
+  serverName?: string;
+  /** `sha256:<hex>` fingerprint of the expected certificate; replaces CA verification. */
+  pin?: string;
+}
+
+/** What a runtime adapter provides. */
+export interface Runtime {
+  /** "deno", "bun" or "node". */
+  readonly name: string;
+  listen(
+    options: { hostname: string; port: number; tls?: TlsServerOptions },
+    onConnection: (conn: Connection) => void,
+  ): Promise<Listener>;
+  connect(options: { hostname: string; port: number; tls?: TlsClientOptions }): Promise<Connection>;
+}

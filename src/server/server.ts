@@ -1,0 +1,239 @@
+/**
+ * The receiving server: accepts many connections at once and stores what
+ * they send in an {@linkcode Inbox}.
+ *
+ * @module
+ */
+import { FerryError } from "../errors.ts";
+import { Emitter } from "../events.ts";
+import { DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING } from "../framing/frame.ts";
+import { nodeNetRuntime } from "../runtime/node_net.ts";
+import type { Listener, Runtime, TlsServerOptions } from "../runtime/transport.ts";
+import { type CollisionPolicy, Inbox, type Receipt } from "../store/inbox.ts";
+import { AuthGate } from "./auth.ts";
+import { type ConnectionInfo, Session } from "./session.ts";
+
+/** Default TCP port. */
+export const DEFAULT_PORT = 9000;
+/** Default listen address: loopback only, so nothing is exposed by accident. */
+export const DEFAULT_HOST = "127.0.0.1";
+
+/** Options for {@linkcode serve}. Every limit has a default. */
+export interface ServerOptions {
+  /** The inbox directory; created if missing. */
+  dir: string;
+  /** Listen address. Default `127.0.0.1`. */
+  hostname?: string;
+  /** Listen port; 0 picks a free one. Default 9000. */
+  port?: number;
+  /** Largest file accepted, in bytes; 0 = no limit. Default 0. */
+  maxFileSize?: number;
+  /** Largest frame payload accepted. Default 1 MiB. */
+  maxFrameSize?: number;
+  /** Connections served at once; more get SERVER_BUSY. Default 512. */
+  maxConnections?: number;
+  /** Connections from one IP address at once. Default 256. */
+  maxConnectionsPerIp?: number;
+  /** Time allowed for HELLO (and AUTH). Default 10 s. */
+  handshakeTimeoutMs?: number;
+  /** Time without file or message activity before IDLE_TIMEOUT. Default 5 min. */
+  idleTimeoutMs?: number;
+  /** Free bytes that must remain after a file is stored. Default 64 MiB. */
+  minFreeBytes?: number;
+  /** What to do when the name exists. Default "rename" (keep both). */
+  onCollision?: CollisionPolicy;
+  /** Age after which partial files are deleted. Default 24 h. */
+  partialTtlMs?: number;
+  /** Largest text message in bytes. Default 64 KiB. */
+  maxMessageBytes?: number;
+  /** Heartbeat PING interval. Default 5 s. */
+  heartbeatIntervalMs?: number;
+  /** Intervals of silence before a peer is declared dead. Default 3. */
+  heartbeatMisses?: number;
+  /** Shared token; when set, clients must authenticate. */
+  token?: string;
+  /** Failed auth attempts per IP per minute before RATE_LIMITED. Default 5. */
+  maxAuthFailuresPerMinute?: number;
+  /** TLS certificate and key (PEM). */
+  tls?: TlsServerOptions;
+  /** Time in-flight transfers get to finish on close(). Default 10 s. */
+  graceMs?: number;
+  /** fsync a partial at least every this many bytes. Default 8 MiB. */
+  syncEveryBytes?: number;
+  /** The socket runtime; defaults to node:net, which Deno and Bun both provide. */
+  runtime?: Runtime;
+}
+
+/** Events a running server reports. The CLI turns them into log lines. */
+export interface ServerEvents extends Record<string, unknown> {
+  connection: ConnectionInfo;
+  disconnect: ConnectionInfo & { reason?: FerryError | Error };
+  file: { connection: ConnectionInfo; receipt: Receipt };
+  fileError: { connection: ConnectionInfo; name: string; error: FerryError };
+  message: { connection: ConnectionInfo; id: number; text: string; receivedAt: string };
+  progress: ConnectionInfo;
+}
+
+/** A running server, returned by {@linkcode serve}. */
+export interface ServerHandle {
+  /** The bound address; `port` is real even when 0 was asked for. */
+  readonly hostname: string;
+  readonly port: number;
+  readonly inbox: Inbox;
+  /** Live connection table. */
+  connections(): ConnectionInfo[];
+  /** Subscribe to events; returns an unsubscribe function. */
+  on<K extends keyof ServerEvents>(type: K, listener: (value: ServerEvents[K]) => void): () => void;
+  /**
+   * Graceful shutdown: stop accepting, let in-flight transfers finish within
+   * the grace period, then close the rest (their partials stay resumable).
+   */
+  close(options?: { graceMs?: number }): Promise<void>;
+}
+
+/** Options after defaults are applied. */
+export type ResolvedServerOptions = Required<Omit<ServerOptions, "token" | "tls" | "runtime">> & {
+  token?: string;
+  tls?: TlsServerOptions;
+};
+
+function resolve(options: ServerOptions): ResolvedServerOptions {
+  const o: ResolvedServerOptions = {
+    dir: options.dir,
+    hostname: options.hostname ?? DEFAULT_HOST,
+    port: options.port ?? DEFAULT_PORT,
+    maxFileSize: options.maxFileSize ?? 0,
+    maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
+    maxConnections: options.maxConnections ?? 512,
+    maxConnectionsPerIp: options.maxConnectionsPerIp ?? 256,
+    handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
+    idleTimeoutMs: options.idleTimeoutMs ?? 5 * 60_000,
+    minFreeBytes: options.minFreeBytes ?? 64 * 1024 * 1024,
+    onCollision: options.onCollision ?? "rename",
+    partialTtlMs: options.partialTtlMs ?? 24 * 3600_000,
+    maxMessageBytes: options.maxMessageBytes ?? 64 * 1024,
+    heartbeatIntervalMs: options.heartbeatIntervalMs ?? 5_000,
+    heartbeatMisses: options.heartbeatMisses ?? 3,
+    token: options.token,
+    maxAuthFailuresPerMinute: options.maxAuthFailuresPerMinute ?? 5,
+    tls: options.tls,
+    graceMs: options.graceMs ?? 10_000,
+    syncEveryBytes: options.syncEveryBytes ?? 8 * 1024 * 1024,
+  };
+  if (typeof o.dir !== "string" || o.dir === "") throw new TypeError("Cannot serve: dir is required");
+  if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) {
+    throw new RangeError(`Cannot serve: port ${o.port} is not 0..65535`);
+  }
+  if (!Number.isInteger(o.maxFrameSize) || o.maxFrameSize < 1024 || o.maxFrameSize > MAX_FRAME_SIZE_CEILING) {
+    throw new RangeError(
+      `Cannot serve: maxFrameSize ${o.maxFrameSize} is not in 1024..${MAX_FRAME_SIZE_CEILING}`,
+    );
+  }
+  for (
+    const key of [
+      "maxConnections",
+      "maxConnectionsPerIp",
+      "handshakeTimeoutMs",
+      "idleTimeoutMs",
+      "maxMessageBytes",
+      "heartbeatIntervalMs",
+      "heartbeatMisses",
+      "syncEveryBytes",
+    ] as const
+  ) {
+    if (!(Number.isFinite(o[key]) && o[key] > 0)) throw new RangeError(`Cannot serve: ${key} must be positive`);
+  }
+  for (const key of ["maxFileSize", "minFreeBytes", "partialTtlMs", "graceMs"] as const) {
+    if (!(Number.isFinite(o[key]) && o[key] >= 0)) {
+      throw new RangeError(`Cannot serve: ${key} must not be negative`);
+    }
+  }
+  return o;
+}
+
+/**
+ * Starts a ferry server.
+ *
+ * @example Receive into ./inbox on an ephemeral port
+ * ```ts
+ * import { serve } from "../../mod.ts";
+ * const server = await serve({ dir: "./inbox", port: 0 });
+ * server.on("file", ({ receipt }) => console.log("stored", receipt.name));
+ * console.log(`listening on ${server.hostname}:${server.port}`);
+ * await server.close();
+ * ```
+ */
+export async function serve(options: ServerOptions): Promise<ServerHandle> {
+  const o = resolve(options);
+  const runtime = options.runtime ?? nodeNetRuntime;
+  const inbox = await Inbox.open({
+    dir: o.dir,
+    onCollision: o.onCollision,
+    partialTtlMs: o.partialTtlMs,
+    minFreeBytes: o.minFreeBytes,
+    maxFileSize: o.maxFileSize,
+    syncEveryBytes: o.syncEveryBytes,
+  });
+  const events = new Emitter<ServerEvents>();
+  const sessions = new Set<Session>();
+  const perIp = new Map<string, number>();
+  const auth = o.token === undefined ? undefined : new AuthGate(o.token, o.maxAuthFailuresPerMinute);
+  let nextId = 1;
+  let draining = false;
+
+  // Stale partials are swept on open; keep sweeping while the server runs.
+  const sweepTimer = setInterval(() => {
+    inbox.sweep().catch(() => {});
+  }, Math.max(60_000, Math.min(o.partialTtlMs, 3600_000)));
+  (sweepTimer as { unref?: () => void }).unref?.();
+
+  const listener: Listener = await runtime.listen(
+    { hostname: o.hostname, port: o.port, tls: o.tls },
+    (conn) => {
+      const ip = conn.remoteAddress;
+      const session = new Session(nextId++, conn, { options: o, inbox, events, auth });
+      let refusal: FerryError | undefined;
+      if (draining) refusal = new FerryError("SHUTTING_DOWN", "Server is shutting down");
+      else if (sessions.size >= o.maxConnections) {
+        refusal = new FerryError("SERVER_BUSY", `Server is busy: ${o.maxConnections} connections already open`);
+      } else if ((perIp.get(ip) ?? 0) >= o.maxConnectionsPerIp) {
+        refusal = new FerryError(
+          "SERVER_BUSY",
+          `Server is busy: ${o.maxConnectionsPerIp} connections already open from ${ip}`,
+        );
+      }
+      if (refusal) {
+        session.refuse(refusal);
+        return;
+      }
+      sessions.add(session);
+      perIp.set(ip, (perIp.get(ip) ?? 0) + 1);
+      session.run().finally(() => {
+        sessions.delete(session);
+        const left = (perIp.get(ip) ?? 1) - 1;
+        if (left > 0) perIp.set(ip, left);
+        else perIp.delete(ip);
+      });
+    },
+  );
+
+  return {
+    hostname: listener.hostname,
+    port: listener.port,
+    inbox,
+    connections: () => [...sessions].map((s) => s.info()),
+    on: (type, fn) => events.on(type, fn),
+    async close(closeOptions) {
+      if (draining) return;
+      draining = true;
+      clearInterval(sweepTimer);
+      await listener.close();
+      const graceMs = closeOptions?.graceMs ?? o.graceMs;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const graceOver = new Promise<void>((r) => timer = setTimeout(r, graceMs));
+      await Promise.race([Promise.all([...sessions].map((s) => s.drained())), graceOver]);
+      clearTimeout(timer);
+      await Promise.all([...sessions].map((s) => s.shutdown()));
+    },
+  };
+}

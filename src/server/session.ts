@@ -1,0 +1,432 @@
+/**
+ * One client connection on the server: handshake, auth, then files,
+ * messages and heartbeats until the client leaves.
+ *
+ * @module
+ */
+import { FerryError, ProtocolError } from "../errors.ts";
+import type { Emitter } from "../events.ts";
+import { Channel } from "../protocol/channel.ts";
+import { Capability, DIGEST_SIZE, FileFlag, PROTOCOL_VERSION, ReceiptFlag } from "../protocol/constants.ts";
+import { Heartbeat } from "../protocol/heartbeat.ts";
+import { fromHex, type Message, toHex } from "../protocol/messages.ts";
+import type { Connection } from "../runtime/transport.ts";
+import type { FileHeader, Inbox, Receipt, Upload } from "../store/inbox.ts";
+import type { AuthGate } from "./auth.ts";
+import type { ResolvedServerOptions, ServerEvents } from "./server.ts";
+
+/** A row of the live connection table. */
+export interface ConnectionInfo {
+  id: number;
+  /** "ip:port", IPv6 in brackets. */
+  peer: string;
+  /** ISO time the connection was accepted. */
+  since: string;
+  state: "handshake" | "auth" | "idle" | "receiving" | "closing";
+  bytesReceived: number;
+  /** Receive rate in bytes per second, smoothed over about a second. */
+  rate: number;
+  /** Last heartbeat round-trip time in ms. */
+  rttMs?: number;
+  filesReceived: number;
+  currentFile?: { name: string; received: number; size: number };
+}
+
+interface OpenUpload {
+  upload: Upload;
+  header: FileHeader;
+}
+
+/** How long a refused or failed connection may take to read our ERROR before we cut it. */
+const LINGER_MS = 2_000;
+
+/** Server side of one connection. */
+export class Session {
+  readonly id: number;
+  #conn: Connection;
+  #channel: Channel;
+  #o: ResolvedServerOptions;
+  #inbox: Inbox;
+  #events: Emitter<ServerEvents>;
+  #auth?: AuthGate;
+  #peer: string;
+  #since = new Date().toISOString();
+  #state: ConnectionInfo["state"] = "handshake";
+  #uploads = new Map<number, OpenUpload>();
+  /** Ids whose file failed: DATA/END still in flight for them is dropped silently. */
+  #failed = new Set<number>();
+  #heartbeat?: Heartbeat;
+  #deadline?: ReturnType<typeof setTimeout>;
+  #bytesReceived = 0;
+  #rate = 0;
+  #rateWindowStart = performance.now();
+  #rateWindowBytes = 0;
+  #filesReceived = 0;
+  #current?: OpenUpload;
+  #closing = false;
+  #drainWaiters: Array<() => void> = [];
+  #done?: Promise<void>;
+
+  constructor(
+    id: number,
+    conn: Connection,
+    ctx: { options: ResolvedServerOptions; inbox: Inbox; events: Emitter<ServerEvents>; auth?: AuthGate },
+  ) {
+    this.id = id;
+    this.#conn = conn;
+    this.#o = ctx.options;
+    this.#inbox = ctx.inbox;
+    this.#events = ctx.events;
+    this.#auth = ctx.auth;
+    this.#peer = conn.remoteAddress.includes(":")
+      ? `[${conn.remoteAddress}]:${conn.remotePort}`
+      : `${conn.remoteAddress}:${conn.remotePort}`;
+    this.#channel = new Channel(conn, { maxFrameSize: this.#o.maxFrameSize });
+    this.#channel.onBytes = (n) => this.#countBytes(n);
+  }
+
+  info(): ConnectionInfo {
+    const info: ConnectionInfo = {
+      id: this.id,
+      peer: this.#peer,
+      since: this.#since,
+      state: this.#state,
+      bytesReceived: this.#bytesReceived,
+      rate: Math.round(this.#currentRate()),
+      filesReceived: this.#filesReceived,
+    };
+    if (this.#heartbeat?.rttMs !== undefined) info.rttMs = Math.round(this.#heartbeat.rttMs * 10) / 10;
+    if (this.#current) {
+      info.currentFile = {
+        name: this.#current.header.name,
+        received: this.#current.upload.received,
+        size: this.#current.header.size,
+      };
+    }
+    return info;
+  }
+
+  /** Refuses the connection with an error frame (server busy, shutting down). */
+  refuse(error: FerryError): void {
+    this.#state = "closing";
+    this.#fail(error).catch(() => {});
+  }
+
+  /** Serves the connection until it ends. Never rejects. */
+  run(): Promise<void> {
+    this.#done ??= this.#serve();
+    return this.#done;
+  }
+
+  /** Resolves when no file is in flight (for graceful shutdown). */
+  drained(): Promise<void> {
+    if (this.#uploads.size === 0) return Promise.resolve();
+    return new Promise((r) => this.#drainWaiters.push(r));
+  }
+
+  /** Ends the connection for shutdown; open partials stay resumable. */
+  async shutdown(): Promise<void> {
+    if (!this.#closing) {
+      await this.#fail(new FerryError("SHUTTING_DOWN", "Server is shutting down; resume later"));
+    }
+    await this.#done;
+  }
+
+  async #serve(): Promise<void> {
+    let reason: Error | undefined;
+    this.#events.emit("connection", this.info());
+    try {
+      this.#armDeadline(this.#o.handshakeTimeoutMs, "HANDSHAKE_TIMEOUT", "Handshake did not complete in time");
+      await this.#handshake();
+      this.#state = "idle";
+      this.#armDeadline(this.#o.idleTimeoutMs, "IDLE_TIMEOUT", "Connection was idle too long");
+      this.#startHeartbeat();
+      for (;;) {
+        const message = await this.#channel.receive();
+        if (message === null) break;
+        // After a connection-level error only the linger remains: read and drop.
+        if (!this.#closing) await this.#handle(message);
+      }
+    } catch (e) {
+      reason = e as Error;
+      if (e instanceof FerryError && !this.#closing) await this.#fail(e);
+    } finally {
+      this.#state = "closing";
+      this.#heartbeat?.stop();
+      clearTimeout(this.#deadline);
+      await this.#suspendAll();
+      this.#conn.close();
+      this.#events.emit("disconnect", { ...this.info(), reason });
+    }
+  }
+
+  async #handshake(): Promise<void> {
+    const hello = await this.#channel.receive();
+    if (hello === null) throw new ProtocolError("UNEXPECTED_FRAME", "Connection closed before HELLO");
+    if (hello.kind !== "hello") {
+      throw new ProtocolError("UNEXPECTED_FRAME", `Expected HELLO, got ${hello.kind.toUpperCase()}`);
+    }
+    if (hello.version !== PROTOCOL_VERSION) {
+      throw new ProtocolError(
+        "UNSUPPORTED_VERSION",
+        `Protocol version ${hello.version} is not supported; this server speaks version ${PROTOCOL_VERSION}`,
+      );
+    }
+    const ip = this.#conn.remoteAddress;
+    if (this.#auth?.limited(ip)) {
+      throw new FerryError("RATE_LIMITED", "Too many failed authentication attempts; try again later");
+    }
+    const nonce = this.#auth ? this.#auth.nonce() : new Uint8Array(0);
+    await this.#channel.send({
+      kind: "welcome",
+      version: PROTOCOL_VERSION,
+      capabilities: Capability.RESUME | Capability.MESSAGES | Capability.HEARTBEAT |
+        (this.#auth ? Capability.AUTH : 0),
+      maxFrameSize: this.#o.maxFrameSize,
+      nonce,
+    });
+    if (!this.#auth) return;
+    this.#state = "auth";
+    const auth = await this.#channel.receive();
+    if (auth === null) throw new ProtocolError("AUTH_REQUIRED", "Connection closed before AUTH");
+    if (auth.kind !== "auth") {
+      throw new ProtocolError("AUTH_REQUIRED", `Authentication required; got ${auth.kind.toUpperCase()}`);
+    }
+    if (!this.#auth.check(ip, nonce, auth.mac)) {
+      throw new FerryError("AUTH_FAILED", "Authentication failed: wrong token");
+    }
+    await this.#channel.send({ kind: "auth_ok" });
+  }
+
+  #startHeartbeat(): void {
+    this.#heartbeat = new Heartbeat({
+      intervalMs: this.#o.heartbeatIntervalMs,
+      misses: this.#o.heartbeatMisses,
+      lastReceivedAt: () => this.#channel.lastReceivedAt,
+      sendPing: (token) => {
+        this.#channel.send({ kind: "ping", token }).catch(() => {});
+      },
+      onDead: (silentMs) => {
+        this.#fail(
+          new FerryError("PEER_DEAD", `Peer sent nothing for ${Math.round(silentMs)} ms; closing`),
+        ).catch(() => {});
+      },
+    });
+    this.#heartbeat.start();
+  }
+
+  /** (Re)arms the connection deadline; expiry sends the error and closes. */
+  #armDeadline(ms: number, code: "HANDSHAKE_TIMEOUT" | "IDLE_TIMEOUT", message: string): void {
+    clearTimeout(this.#deadline);
+    this.#deadline = setTimeout(() => {
+      this.#fail(new FerryError(code, `${message} (${ms} ms)`)).catch(() => {});
+    }, ms);
+  }
+
+  async #handle(m: Message): Promise<void> {
+    switch (m.kind) {
+      case "file":
+        this.#touch();
+        return this.#onFile(m.id, {
+          name: m.name,
+          size: m.size,
+          sha256: toHex(m.sha256),
+          mtimeMs: m.mtimeMs,
+          mime: m.mime,
+          sender: this.#peer,
+          resume: (m.flags & FileFlag.RESUME) !== 0,
+        });
+      case "data":
+        this.#touch();
+        return this.#onData(m.id, m.offset, m.bytes);
+      case "end":
+        this.#touch();
+        return this.#onEnd(m.id);
+      case "message":
+        this.#touch();
+        return this.#onMessage(m.id, m.text);
+      case "ping":
+        await this.#channel.send({ kind: "pong", token: m.token });
+        return;
+      case "pong":
+        this.#heartbeat?.pong(m.token);
+        return;
+      case "error":
+        // The client gave up on a file: drop its partial bytes.
+        if (m.id !== 0) {
+          const open = this.#uploads.get(m.id);
+          if (open) {
+            this.#forget(m.id);
+            this.#failed.add(m.id);
+            await open.upload.discard();
+          }
+          return;
+        }
+        throw new FerryError(m.code, `Client reported: ${m.message}`);
+      default:
+        throw new ProtocolError("UNEXPECTED_FRAME", `Unexpected ${m.kind.toUpperCase()} frame from a client`);
+    }
+  }
+
+  #touch(): void {
+    this.#armDeadline(this.#o.idleTimeoutMs, "IDLE_TIMEOUT", "Connection was idle too long");
+  }
+
+  async #onFile(id: number, header: FileHeader): Promise<void> {
+    this.#failed.delete(id);
+    if (id === 0 || this.#uploads.has(id)) {
+      return this.#fileError(id, header.name, new FerryError("BAD_HEADER", `File id ${id} is zero or in use`));
+    }
+    if (this.#closing) {
+      return this.#fileError(id, header.name, new FerryError("SHUTTING_DOWN", "Server is shutting down"));
+    }
+    let begun;
+    try {
+      begun = await this.#inbox.begin(header);
+    } catch (e) {
+      return this.#fileError(id, header.name, asFerryError(e));
+    }
+    if (begun.kind === "duplicate") {
+      this.#filesReceived++;
+      await this.#sendReceipt(id, begun.receipt, ReceiptFlag.DUPLICATE);
+      return;
+    }
+    const open = { upload: begun.upload, header };
+    this.#uploads.set(id, open);
+    this.#current = open;
+    this.#state = "receiving";
+    await this.#channel.send({ kind: "accept", id, offset: begun.upload.offset });
+  }
+
+  async #onData(id: number, offset: number, bytes: Uint8Array): Promise<void> {
+    if (this.#failed.has(id)) return;
+    const open = this.#uploads.get(id);
+    if (!open) {
+      return this.#fileError(id, "", new FerryError("UNKNOWN_FILE", `DATA for file id ${id}, which is not open`));
+    }
+    this.#current = open;
+    try {
+      await open.upload.write(bytes, offset);
+    } catch (e) {
+      this.#forget(id);
+      await open.upload.discard().catch(() => {});
+      return this.#fileError(id, open.header.name, asFerryError(e));
+    }
+  }
+
+  async #onEnd(id: number): Promise<void> {
+    if (this.#failed.has(id)) return;
+    const open = this.#uploads.get(id);
+    if (!open) {
+      return this.#fileError(id, "", new FerryError("UNKNOWN_FILE", `END for file id ${id}, which is not open`));
+    }
+    this.#forget(id);
+    let receipt: Receipt;
+    try {
+      receipt = await open.upload.finish();
+    } catch (e) {
+      return this.#fileError(id, open.header.name, asFerryError(e));
+    }
+    this.#filesReceived++;
+    await this.#sendReceipt(id, receipt, 0);
+  }
+
+  async #onMessage(id: number, text: string): Promise<void> {
+    const bytes = new TextEncoder().encode(text).length;
+    if (bytes > this.#o.maxMessageBytes) {
+      return this.#fileError(
+        id,
+        "",
+        new FerryError("MESSAGE_TOO_LARGE", `Message of ${bytes} bytes exceeds limit ${this.#o.maxMessageBytes}`),
+      );
+    }
+    let receivedAt: string;
+    try {
+      ({ receivedAt } = await this.#inbox.appendMessage({ id, text, sender: this.#peer }));
+    } catch (e) {
+      return this.#fileError(id, "", asFerryError(e));
+    }
+    await this.#channel.send({ kind: "message_ack", id });
+    this.#events.emit("message", { connection: this.info(), id, text, receivedAt });
+  }
+
+  async #sendReceipt(id: number, receipt: Receipt, flags: number): Promise<void> {
+    const sha256 = fromHex(receipt.sha256);
+    if (sha256.length !== DIGEST_SIZE) throw new FerryError("INTERNAL", "Receipt hash is malformed");
+    await this.#channel.send({ kind: "receipt", id, flags, size: receipt.size, sha256, storedName: receipt.name });
+    this.#events.emit("file", { connection: this.info(), receipt });
+  }
+
+  async #fileError(id: number, name: string, error: FerryError): Promise<void> {
+    this.#failed.add(id);
+    this.#events.emit("fileError", { connection: this.info(), name, error });
+    await this.#channel.send({ kind: "error", code: error.code, wireCode: error.wireCode, id, message: error.message });
+  }
+
+  #forget(id: number): void {
+    const open = this.#uploads.get(id);
+    this.#uploads.delete(id);
+    if (open && this.#current === open) this.#current = undefined;
+    if (this.#uploads.size === 0) {
+      if (this.#state === "receiving") this.#state = "idle";
+      for (const resolve of this.#drainWaiters.splice(0)) resolve();
+    }
+  }
+
+  /** Keeps every open partial resumable: fsync and record its durable offset. */
+  async #suspendAll(): Promise<void> {
+    const open = [...this.#uploads.values()];
+    this.#uploads.clear();
+    this.#current = undefined;
+    await Promise.all(open.map((u) => u.upload.suspend().catch(() => {})));
+    for (const resolve of this.#drainWaiters.splice(0)) resolve();
+  }
+
+  /**
+   * Sends a connection-level ERROR, then closes: FIN first, so the peer can
+   * read the frame, and a hard close after a short linger.
+   */
+  async #fail(error: FerryError): Promise<void> {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#state = "closing";
+    try {
+      await this.#channel.send({
+        kind: "error",
+        code: error.code,
+        wireCode: error.wireCode,
+        id: 0,
+        message: error.message,
+      });
+      await this.#conn.closeWrite();
+    } catch {
+      // The peer may already be gone; closing is all that is left.
+    }
+    const linger = setTimeout(() => this.#conn.close(), LINGER_MS);
+    this.#conn.closed.then(() => clearTimeout(linger));
+  }
+
+  #countBytes(n: number): void {
+    this.#bytesReceived += n;
+    this.#rateWindowBytes += n;
+    this.#currentRate();
+  }
+
+  #currentRate(): number {
+    const now = performance.now();
+    const elapsed = now - this.#rateWindowStart;
+    if (elapsed >= 1000) {
+      this.#rate = (this.#rateWindowBytes * 1000) / elapsed;
+      this.#rateWindowStart = now;
+      this.#rateWindowBytes = 0;
+    }
+    return this.#rate;
+  }
+}
+
+function asFerryError(e: unknown): FerryError {
+  if (e instanceof FerryError) return e;
+  const code = (e as { code?: string })?.code;
+  if (code === "ENOSPC") return new FerryError("DISK_FULL", "No space left on the server's disk", { cause: e });
+  return new FerryError("IO_ERROR", `Server I/O failed: ${(e as Error)?.message ?? e}`, { cause: e });
+}
