@@ -25,7 +25,11 @@ export class ProgressDisplay {
         this.#doneFiles++;
         return;
       case "reconnect":
-        this.#print(`connection lost (${escapeForDisplay(event.reason)}); retry ${event.attempt} in ${event.delayMs} ms`);
+        this.#print(
+          `connection lost (${
+            escapeForDisplay(event.reason)
+          }); retry ${event.attempt} in ${event.delayMs} ms`,
+        );
         return;
       case "error":
         this.#print(`failed: "${escapeForDisplay(event.name)}": ${event.code}`);
@@ -50,9 +54,11 @@ export class ProgressDisplay {
     const name = escapeForDisplay(e.name);
     const shortName = name.length > 32 ? "…" + name.slice(-31) : name;
     this.#draw(
-      `[${Math.min(this.#doneFiles + 1, this.#files)}/${this.#files}] ${shortName} ${filePct}% | total ${totalPct}% ${
-        formatBytes(e.totalSent)
-      }/${formatBytes(this.#totalBytes)} ${formatBytes(Math.round(rate))}/s ETA ${formatEta(eta)}`,
+      `[${
+        Math.min(this.#doneFiles + 1, this.#files)
+      }/${this.#files}] ${shortName} ${filePct}% | total ${totalPct}% ${formatBytes(e.totalSent)}/${
+        formatBytes(this.#totalBytes)
+      } ${formatBytes(Math.round(rate))}/s ETA ${formatEta(eta)}`,
     );
   }
 

@@ -88,14 +88,18 @@ export async function sendMain(args: string[]): Promise<number> {
   const messages = values.message ?? [];
   if (positionals.length === 0) return usage("Missing HOST:PORT");
   const files = positionals.slice(0, -1);
-  if (files.length === 0 && messages.length === 0) return usage("Nothing to send: give files, folders or --message");
+  if (files.length === 0 && messages.length === 0) {
+    return usage("Nothing to send: give files, folders or --message");
+  }
 
   const options: SendOptions = { messages };
   let target;
   try {
     target = parseTarget(positionals[positionals.length - 1]);
     if (values.retries !== undefined) options.retries = parseCount(values.retries, "--retries");
-    if (values["chunk-size"] !== undefined) options.chunkSize = parseSize(values["chunk-size"], "--chunk-size");
+    if (values["chunk-size"] !== undefined) {
+      options.chunkSize = parseSize(values["chunk-size"], "--chunk-size");
+    }
     if (values.window !== undefined) options.window = parseCount(values.window, "--window", 1);
     if (values.pin !== undefined && !/^sha256:[0-9a-f:]{64,95}$/i.test(values.pin)) {
       throw new TypeError(`Invalid value for --pin: expected sha256:<64 hex digits>`);
@@ -119,9 +123,18 @@ export async function sendMain(args: string[]): Promise<number> {
     result = await send(target, files, options);
   } catch (e) {
     display?.finish();
-    const error = e instanceof FerryError ? e : new FerryError("INTERNAL", String((e as Error)?.message ?? e));
+    const error = e instanceof FerryError
+      ? e
+      : new FerryError("INTERNAL", String((e as Error)?.message ?? e));
     if (values.json) {
-      out(JSON.stringify({ time: new Date().toISOString(), type: "fatal", code: error.code, message: error.message }));
+      out(
+        JSON.stringify({
+          time: new Date().toISOString(),
+          type: "fatal",
+          code: error.code,
+          message: error.message,
+        }),
+      );
     } else err(`ferry: ${error.code}: ${escapeForDisplay(error.message)}`);
     return exitCodeFor(error);
   }
@@ -129,12 +142,18 @@ export async function sendMain(args: string[]): Promise<number> {
   if (!values.json && !values.quiet) {
     for (const r of result.receipts) {
       const renamed = r.storedName !== r.name ? ` as "${escapeForDisplay(r.storedName)}"` : "";
-      err(`${r.duplicate ? "already there" : "delivered"}: "${escapeForDisplay(r.name)}"${renamed} sha256:${r.sha256.slice(0, 16)}…`);
+      err(
+        `${r.duplicate ? "already there" : "delivered"}: "${escapeForDisplay(r.name)}"${renamed} sha256:${
+          r.sha256.slice(0, 16)
+        }…`,
+      );
     }
     if (result.messagesAcked > 0) err(`${result.messagesAcked} message(s) delivered`);
   }
   for (const f of result.failures) {
-    if (!values.json) err(`failed: "${escapeForDisplay(f.name)}": ${f.error.code}: ${escapeForDisplay(f.error.message)}`);
+    if (!values.json) {
+      err(`failed: "${escapeForDisplay(f.name)}": ${f.error.code}: ${escapeForDisplay(f.error.message)}`);
+    }
   }
   if (result.failures.length === 0) return ExitCode.OK;
   return Math.max(...result.failures.map((f) => exitCodeFor(f.error)));

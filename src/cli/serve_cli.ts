@@ -95,7 +95,9 @@ export async function parseServeArgs(
   const collision = values["on-collision"];
   if (collision !== undefined) {
     if (collision !== "rename" && collision !== "overwrite" && collision !== "reject") {
-      throw new TypeError(`Invalid value for --on-collision: "${collision}" (use rename, overwrite or reject)`);
+      throw new TypeError(
+        `Invalid value for --on-collision: "${collision}" (use rename, overwrite or reject)`,
+      );
     }
     o.onCollision = collision;
   }
@@ -103,12 +105,18 @@ export async function parseServeArgs(
   if (size("max-file-size")) o.maxFileSize = parseSize(size("max-file-size")!, "--max-file-size");
   if (size("max-frame-size")) o.maxFrameSize = parseSize(size("max-frame-size")!, "--max-frame-size");
   if (size("min-free")) o.minFreeBytes = parseSize(size("min-free")!, "--min-free");
-  if (size("max-message-size")) o.maxMessageBytes = parseSize(size("max-message-size")!, "--max-message-size");
-  if (size("max-connections")) o.maxConnections = parseCount(size("max-connections")!, "--max-connections", 1);
+  if (size("max-message-size")) {
+    o.maxMessageBytes = parseSize(size("max-message-size")!, "--max-message-size");
+  }
+  if (size("max-connections")) {
+    o.maxConnections = parseCount(size("max-connections")!, "--max-connections", 1);
+  }
   if (size("max-connections-per-ip")) {
     o.maxConnectionsPerIp = parseCount(size("max-connections-per-ip")!, "--max-connections-per-ip", 1);
   }
-  if (size("heartbeat-misses")) o.heartbeatMisses = parseCount(size("heartbeat-misses")!, "--heartbeat-misses", 1);
+  if (size("heartbeat-misses")) {
+    o.heartbeatMisses = parseCount(size("heartbeat-misses")!, "--heartbeat-misses", 1);
+  }
   if (size("handshake-timeout")) {
     o.handshakeTimeoutMs = parseDuration(size("handshake-timeout")!, "--handshake-timeout");
   }
@@ -122,7 +130,10 @@ export async function parseServeArgs(
     throw new TypeError("--tls-cert and --tls-key go together");
   }
   if (values["tls-cert"] !== undefined) {
-    o.tls = { cert: await readFile(values["tls-cert"], "utf8"), key: await readFile(values["tls-key"]!, "utf8") };
+    o.tls = {
+      cert: await readFile(values["tls-cert"], "utf8"),
+      key: await readFile(values["tls-key"]!, "utf8"),
+    };
   }
   o.token = await loadToken(values["token-file"]);
   return {
@@ -157,40 +168,73 @@ export async function serveMain(args: string[]): Promise<number> {
     server = await serve(parsed.options);
   } catch (e) {
     const code = e instanceof FerryError ? e.code : (e as { code?: string }).code ?? "INTERNAL";
-    log("error", { event: "error", code, message: (e as Error).message }, `cannot start: ${(e as Error).message}`);
+    log(
+      "error",
+      { event: "error", code, message: (e as Error).message },
+      `cannot start: ${(e as Error).message}`,
+    );
     return code === "EADDRINUSE" || code === "EACCES" ? ExitCode.CONNECTION : ExitCode.INTERNAL;
   }
   const host = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
-  log("info", {
-    event: "listening",
-    host: server.hostname,
-    port: server.port,
-    dir: parsed.options.dir,
-    auth: parsed.options.token !== undefined,
-    tls: parsed.options.tls !== undefined,
-  }, `listening on ${host}:${server.port}, inbox ${parsed.options.dir}${parsed.options.token ? ", token required" : ""}${parsed.options.tls ? ", TLS" : ""}`);
+  log(
+    "info",
+    {
+      event: "listening",
+      host: server.hostname,
+      port: server.port,
+      dir: parsed.options.dir,
+      auth: parsed.options.token !== undefined,
+      tls: parsed.options.tls !== undefined,
+    },
+    `listening on ${host}:${server.port}, inbox ${parsed.options.dir}${
+      parsed.options.token ? ", token required" : ""
+    }${parsed.options.tls ? ", TLS" : ""}`,
+  );
 
-  server.on("connection", (c) => log("info", { event: "connect", conn: c.id, peer: c.peer }, `#${c.id} ${c.peer} connected`));
+  server.on(
+    "connection",
+    (c) => log("info", { event: "connect", conn: c.id, peer: c.peer }, `#${c.id} ${c.peer} connected`),
+  );
   server.on("disconnect", (c) => {
     const reason = c.reason instanceof FerryError ? c.reason.code : c.reason?.message;
     log(
       "info",
-      { event: "disconnect", conn: c.id, peer: c.peer, bytes: c.bytesReceived, files: c.filesReceived, reason },
-      `#${c.id} ${c.peer} disconnected: ${c.filesReceived} files, ${formatBytes(c.bytesReceived)}${reason ? ` (${reason})` : ""}`,
+      {
+        event: "disconnect",
+        conn: c.id,
+        peer: c.peer,
+        bytes: c.bytesReceived,
+        files: c.filesReceived,
+        reason,
+      },
+      `#${c.id} ${c.peer} disconnected: ${c.filesReceived} files, ${formatBytes(c.bytesReceived)}${
+        reason ? ` (${reason})` : ""
+      }`,
     );
   });
   server.on("file", ({ connection, receipt }) => {
     log(
       "info",
       { event: "file", conn: connection.id, peer: connection.peer, ...receipt },
-      `#${connection.id} ${receipt.duplicate ? "already have" : "stored"} "${escapeForDisplay(receipt.name)}" ${formatBytes(receipt.size)} sha256:${receipt.sha256.slice(0, 16)}…`,
+      `#${connection.id} ${receipt.duplicate ? "already have" : "stored"} "${
+        escapeForDisplay(receipt.name)
+      }" ${formatBytes(receipt.size)} sha256:${receipt.sha256.slice(0, 16)}…`,
     );
   });
   server.on("fileError", ({ connection, name, error }) => {
     log(
       "warn",
-      { event: "file_error", conn: connection.id, peer: connection.peer, name, code: error.code, message: error.message },
-      `#${connection.id} refused${name ? ` "${escapeForDisplay(name)}"` : ""}: ${error.code}: ${escapeForDisplay(error.message)}`,
+      {
+        event: "file_error",
+        conn: connection.id,
+        peer: connection.peer,
+        name,
+        code: error.code,
+        message: error.message,
+      },
+      `#${connection.id} refused${name ? ` "${escapeForDisplay(name)}"` : ""}: ${error.code}: ${
+        escapeForDisplay(error.message)
+      }`,
     );
   });
   server.on("message", ({ connection, text, receivedAt }) => {

@@ -29,7 +29,9 @@ export function parseSize(text: string, flag: string): number {
  */
 export function parseDuration(text: string, flag: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
-  if (!m) throw new TypeError(`Invalid value for ${flag}: "${text}" is not a duration like 500ms, 10s, 5m or 24h`);
+  if (!m) {
+    throw new TypeError(`Invalid value for ${flag}: "${text}" is not a duration like 500ms, 10s, 5m or 24h`);
+  }
   const factor = { ms: 1, s: 1000, m: 60_000, h: 3600_000, d: 86400_000 }[
     (m[2] ?? "s").toLowerCase() as "ms" | "s" | "m" | "h" | "d"
   ];

@@ -22,7 +22,14 @@ import { nodeNetRuntime } from "../runtime/node_net.ts";
 import type { Connection, Runtime, TlsClientOptions } from "../runtime/transport.ts";
 import { authMac } from "../server/auth.ts";
 import { backoffDelay } from "./backoff.ts";
-import { describeFile, expandItems, fileChanged, type LocalFile, READ_CHUNK, type SendItem } from "./files.ts";
+import {
+  describeFile,
+  expandItems,
+  fileChanged,
+  type LocalFile,
+  READ_CHUNK,
+  type SendItem,
+} from "./files.ts";
 import { parseTarget, type SendTarget } from "./target.ts";
 
 /** Options for {@linkcode send}. */
@@ -244,12 +251,19 @@ function toConnectionError(e: unknown): FerryError {
   return new FerryError("CONNECTION_FAILED", err?.message ?? String(e), { cause: e });
 }
 
-async function connectWithTimeout(runtime: Runtime, to: SendTarget, options: SendOptions): Promise<Connection> {
+async function connectWithTimeout(
+  runtime: Runtime,
+  to: SendTarget,
+  options: SendOptions,
+): Promise<Connection> {
   const ms = options.connectTimeoutMs ?? 10_000;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(
-      () => reject(new FerryError("CONNECTION_FAILED", `Cannot connect to ${to.hostname}:${to.port} in ${ms} ms`)),
+      () =>
+        reject(
+          new FerryError("CONNECTION_FAILED", `Cannot connect to ${to.hostname}:${to.port} in ${ms} ms`),
+        ),
       ms,
     );
   });
@@ -321,7 +335,10 @@ class ClientSession {
       this.#serverMaxFrame = welcome.maxFrameSize;
       if (welcome.capabilities & Capability.AUTH) {
         if (this.#o.token === undefined) {
-          throw new FerryError("AUTH_REQUIRED", "Server requires a token: pass --token-file or set FERRY_TOKEN");
+          throw new FerryError(
+            "AUTH_REQUIRED",
+            "Server requires a token: pass --token-file or set FERRY_TOKEN",
+          );
         }
         await this.#channel.send({ kind: "auth", mac: authMac(this.#o.token, welcome.nonce) });
         await this.#expect("auth_ok");
@@ -338,7 +355,10 @@ class ClientSession {
     }
     if (m.kind === "error") throw new RemoteError(m.code, m.message, m.id);
     if (m.kind !== kind) {
-      throw new ProtocolError("UNEXPECTED_FRAME", `Expected ${kind.toUpperCase()}, got ${m.kind.toUpperCase()}`);
+      throw new ProtocolError(
+        "UNEXPECTED_FRAME",
+        `Expected ${kind.toUpperCase()}, got ${m.kind.toUpperCase()}`,
+      );
     }
     return m as Extract<Message, { kind: K }>;
   }
@@ -353,7 +373,9 @@ class ClientSession {
         this.#channel.send({ kind: "ping", token }).catch(() => {});
       },
       onDead: (silentMs) => {
-        this.#broken.reject(new FerryError("PEER_DEAD", `Server sent nothing for ${Math.round(silentMs)} ms`));
+        this.#broken.reject(
+          new FerryError("PEER_DEAD", `Server sent nothing for ${Math.round(silentMs)} ms`),
+        );
         this.#conn.close();
       },
       onRtt: (ms) => this.#emit({ type: "rtt", ms: Math.round(ms * 10) / 10 }),
@@ -371,7 +393,8 @@ class ClientSession {
   async #sendAll(jobs: FileJob[], messages: Array<{ text: string; acked: boolean }>): Promise<void> {
     const todo = jobs.filter((j) => !j.done && j.file);
     const window = Math.max(1, this.#o.window ?? 32);
-    const entries: Array<{ id: number; job: FileJob; answer: Deferred<Answer>; finished: Deferred<void> }> = [];
+    const entries: Array<{ id: number; job: FileJob; answer: Deferred<Answer>; finished: Deferred<void> }> =
+      [];
     let headersSent = 0;
     const sendHeadersUpTo = async (n: number) => {
       for (; headersSent < Math.min(n, todo.length); headersSent++) {
@@ -419,7 +442,9 @@ class ClientSession {
 
   async #stream(id: number, job: FileJob, offset: number): Promise<void> {
     const file = job.file!;
-    if (offset > file.size) throw new ProtocolError("BAD_OFFSET", `Server asked for offset ${offset} past the end`);
+    if (offset > file.size) {
+      throw new ProtocolError("BAD_OFFSET", `Server asked for offset ${offset} past the end`);
+    }
     this.#emit({ type: "file", name: file.name, size: file.size, offset });
     const chunkSize = Math.max(
       1,
@@ -554,7 +579,10 @@ class ClientSession {
         this.#heartbeat?.pong(m.token);
         return;
       default:
-        throw new ProtocolError("UNEXPECTED_FRAME", `Unexpected ${m.kind.toUpperCase()} frame from the server`);
+        throw new ProtocolError(
+          "UNEXPECTED_FRAME",
+          `Unexpected ${m.kind.toUpperCase()} frame from the server`,
+        );
     }
   }
 }

@@ -39,5 +39,7 @@ function parsePort(port: string | undefined, fallback: number, text: string): nu
 
 /** Formats a target back as `host:port` (brackets for IPv6). */
 export function formatTarget(target: SendTarget): string {
-  return target.hostname.includes(":") ? `[${target.hostname}]:${target.port}` : `${target.hostname}:${target.port}`;
+  return target.hostname.includes(":")
+    ? `[${target.hostname}]:${target.port}`
+    : `${target.hostname}:${target.port}`;
 }

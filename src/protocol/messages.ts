@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { type ErrorCode, ERROR_CODES, errorCodeFromNumber, ProtocolError } from "../errors.ts";
+import { ERROR_CODES, type ErrorCode, errorCodeFromNumber, ProtocolError } from "../errors.ts";
 import { type Frame, FRAME_HEADER_SIZE, writeFrameHeader } from "../framing/frame.ts";
 import { DATA_PREFIX_SIZE, DIGEST_SIZE, FrameType, MAGIC, MAX_SAFE_U64 } from "./constants.ts";
 
@@ -362,7 +362,12 @@ export function decodeMessage(frame: Frame): Message {
       if (!magic.every((b, i) => b === MAGIC[i])) {
         throw new ProtocolError("BAD_MAGIC", "Cannot decode HELLO frame: magic is not FRRY");
       }
-      const m: HelloMessage = { kind: "hello", version: r.u16(), capabilities: r.u32(), maxFrameSize: r.u32() };
+      const m: HelloMessage = {
+        kind: "hello",
+        version: r.u16(),
+        capabilities: r.u32(),
+        maxFrameSize: r.u32(),
+      };
       r.done();
       return m;
     }
@@ -372,8 +377,16 @@ export function decodeMessage(frame: Frame): Message {
       const capabilities = r.u32();
       const maxFrameSize = r.u32();
       const nonceLength = r.u8();
-      if (nonceLength !== 0 && nonceLength !== DIGEST_SIZE) r.fail(`nonce length ${nonceLength} is not 0 or 32`);
-      const m: WelcomeMessage = { kind: "welcome", version, capabilities, maxFrameSize, nonce: r.bytes(nonceLength) };
+      if (nonceLength !== 0 && nonceLength !== DIGEST_SIZE) {
+        r.fail(`nonce length ${nonceLength} is not 0 or 32`);
+      }
+      const m: WelcomeMessage = {
+        kind: "welcome",
+        version,
+        capabilities,
+        maxFrameSize,
+        nonce: r.bytes(nonceLength),
+      };
       r.done();
       return m;
     }

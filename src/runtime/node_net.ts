@@ -55,11 +55,13 @@ class NodeConnection implements Connection {
       this.#error ??= e;
       this.#wake();
     });
-    this.closed = new Promise((resolve) => socket.once("close", () => {
-      this.#ended = true;
-      this.#wake();
-      resolve();
-    }));
+    this.closed = new Promise((resolve) =>
+      socket.once("close", () => {
+        this.#ended = true;
+        this.#wake();
+        resolve();
+      })
+    );
   }
 
   get bytesWritten(): number {
@@ -191,7 +193,9 @@ function connectTls(
           reject(
             new FerryError(
               "TLS_MISMATCH",
-              `Cannot trust server: certificate fingerprint ${actual} does not match pin ${normalizePin(pin)}`,
+              `Cannot trust server: certificate fingerprint ${actual} does not match pin ${
+                normalizePin(pin)
+              }`,
             ),
           );
           return;
@@ -200,8 +204,10 @@ function connectTls(
       socket.off("error", reject);
       resolve(socket);
     });
-    socket.once("error", (e) =>
-      reject(new FerryError("TLS_MISMATCH", `Cannot establish TLS: ${e.message}`, { cause: e })));
+    socket.once(
+      "error",
+      (e) => reject(new FerryError("TLS_MISMATCH", `Cannot establish TLS: ${e.message}`, { cause: e })),
+    );
   });
 }
 
@@ -235,15 +241,17 @@ export const nodeNetRuntime: Runtime = {
       server.listen({ host: options.hostname, port: options.port }, () => {
         server.off("error", reject);
         const address = server.address() as net.AddressInfo;
-        resolve({
-          hostname: address.address,
-          port: address.port,
-          // Stop accepting now; node would otherwise wait for every open connection.
-          close: () => {
-            server.close();
-            return Promise.resolve();
-          },
-        } satisfies Listener);
+        resolve(
+          {
+            hostname: address.address,
+            port: address.port,
+            // Stop accepting now; node would otherwise wait for every open connection.
+            close: () => {
+              server.close();
+              return Promise.resolve();
+            },
+          } satisfies Listener,
+        );
       });
     });
   },

@@ -141,7 +141,9 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
       "syncEveryBytes",
     ] as const
   ) {
-    if (!(Number.isFinite(o[key]) && o[key] > 0)) throw new RangeError(`Cannot serve: ${key} must be positive`);
+    if (!(Number.isFinite(o[key]) && o[key] > 0)) {
+      throw new RangeError(`Cannot serve: ${key} must be positive`);
+    }
   }
   for (const key of ["maxFileSize", "minFreeBytes", "partialTtlMs", "graceMs"] as const) {
     if (!(Number.isFinite(o[key]) && o[key] >= 0)) {
@@ -195,7 +197,10 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
       let refusal: FerryError | undefined;
       if (draining) refusal = new FerryError("SHUTTING_DOWN", "Server is shutting down");
       else if (sessions.size >= o.maxConnections) {
-        refusal = new FerryError("SERVER_BUSY", `Server is busy: ${o.maxConnections} connections already open`);
+        refusal = new FerryError(
+          "SERVER_BUSY",
+          `Server is busy: ${o.maxConnections} connections already open`,
+        );
       } else if ((perIp.get(ip) ?? 0) >= o.maxConnectionsPerIp) {
         refusal = new FerryError(
           "SERVER_BUSY",

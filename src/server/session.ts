@@ -136,7 +136,11 @@ export class Session {
     let reason: Error | undefined;
     this.#events.emit("connection", this.info());
     try {
-      this.#armDeadline(this.#o.handshakeTimeoutMs, "HANDSHAKE_TIMEOUT", "Handshake did not complete in time");
+      this.#armDeadline(
+        this.#o.handshakeTimeoutMs,
+        "HANDSHAKE_TIMEOUT",
+        "Handshake did not complete in time",
+      );
       await this.#handshake();
       this.#state = "idle";
       this.#armDeadline(this.#o.idleTimeoutMs, "IDLE_TIMEOUT", "Connection was idle too long");
@@ -275,7 +279,11 @@ export class Session {
   async #onFile(id: number, header: FileHeader): Promise<void> {
     this.#failed.delete(id);
     if (id === 0 || this.#uploads.has(id)) {
-      return this.#fileError(id, header.name, new FerryError("BAD_HEADER", `File id ${id} is zero or in use`));
+      return this.#fileError(
+        id,
+        header.name,
+        new FerryError("BAD_HEADER", `File id ${id} is zero or in use`),
+      );
     }
     if (this.#closing) {
       return this.#fileError(id, header.name, new FerryError("SHUTTING_DOWN", "Server is shutting down"));
@@ -302,7 +310,11 @@ export class Session {
     if (this.#failed.has(id)) return;
     const open = this.#uploads.get(id);
     if (!open) {
-      return this.#fileError(id, "", new FerryError("UNKNOWN_FILE", `DATA for file id ${id}, which is not open`));
+      return this.#fileError(
+        id,
+        "",
+        new FerryError("UNKNOWN_FILE", `DATA for file id ${id}, which is not open`),
+      );
     }
     this.#current = open;
     try {
@@ -318,7 +330,11 @@ export class Session {
     if (this.#failed.has(id)) return;
     const open = this.#uploads.get(id);
     if (!open) {
-      return this.#fileError(id, "", new FerryError("UNKNOWN_FILE", `END for file id ${id}, which is not open`));
+      return this.#fileError(
+        id,
+        "",
+        new FerryError("UNKNOWN_FILE", `END for file id ${id}, which is not open`),
+      );
     }
     this.#forget(id);
     let receipt: Receipt;
@@ -337,7 +353,10 @@ export class Session {
       return this.#fileError(
         id,
         "",
-        new FerryError("MESSAGE_TOO_LARGE", `Message of ${bytes} bytes exceeds limit ${this.#o.maxMessageBytes}`),
+        new FerryError(
+          "MESSAGE_TOO_LARGE",
+          `Message of ${bytes} bytes exceeds limit ${this.#o.maxMessageBytes}`,
+        ),
       );
     }
     let receivedAt: string;
@@ -353,14 +372,27 @@ export class Session {
   async #sendReceipt(id: number, receipt: Receipt, flags: number): Promise<void> {
     const sha256 = fromHex(receipt.sha256);
     if (sha256.length !== DIGEST_SIZE) throw new FerryError("INTERNAL", "Receipt hash is malformed");
-    await this.#channel.send({ kind: "receipt", id, flags, size: receipt.size, sha256, storedName: receipt.name });
+    await this.#channel.send({
+      kind: "receipt",
+      id,
+      flags,
+      size: receipt.size,
+      sha256,
+      storedName: receipt.name,
+    });
     this.#events.emit("file", { connection: this.info(), receipt });
   }
 
   async #fileError(id: number, name: string, error: FerryError): Promise<void> {
     this.#failed.add(id);
     this.#events.emit("fileError", { connection: this.info(), name, error });
-    await this.#channel.send({ kind: "error", code: error.code, wireCode: error.wireCode, id, message: error.message });
+    await this.#channel.send({
+      kind: "error",
+      code: error.code,
+      wireCode: error.wireCode,
+      id,
+      message: error.message,
+    });
   }
 
   #forget(id: number): void {
@@ -427,6 +459,8 @@ export class Session {
 function asFerryError(e: unknown): FerryError {
   if (e instanceof FerryError) return e;
   const code = (e as { code?: string })?.code;
-  if (code === "ENOSPC") return new FerryError("DISK_FULL", "No space left on the server's disk", { cause: e });
+  if (code === "ENOSPC") {
+    return new FerryError("DISK_FULL", "No space left on the server's disk", { cause: e });
+  }
   return new FerryError("IO_ERROR", `Server I/O failed: ${(e as Error)?.message ?? e}`, { cause: e });
 }

@@ -1,0 +1,1123 @@
+/**
+ * The inbox store: the disk side of the receiver.
+ *
+ * Uploads are written to `<inbox>/.ferry/partial/<key>.part`, next to a
+ * `<key>.json` sidecar recording how many bytes are durable, so a dropped
+ * connection can resume. A finished, verified file is placed under its final
+ * name atomically and recorded in `<inbox>/.ferry/receipts.ndjson`. Text
+ * messages go to `<inbox>/.ferry/messages.ndjson`.
+ *
+ * Only `node:` builtins are used, so the same code runs on both runtimes.
+ *
+ * @module
+ */
+
+import * as fs from "node:fs/promises";
+import * as path from "node:path";
+import { createHash, type Hash } from "node:crypto";
+import { FerryError } from "../errors.ts";
+import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
+
+/**
+ * What happens when a file with the final name already exists: `"rename"`
+ * keeps both, `"overwrite"` replaces it, `"reject"` fails with `NAME_EXISTS`.
+ *
+ * @example
+ * ```ts
+ * import type { CollisionPolicy } from "./inbox.ts";
+ * const policy: CollisionPolicy = "rename"; // a second photo.jpg becomes "photo (1).jpg"
+ * ```
+ */
+export type CollisionPolicy = "rename" | "overwrite" | "reject";
+
+/**
+ * Options for {@linkcode Inbox.open}.
+ *
+ * @example
+ * ```ts
+ * import type { InboxOptions } from "./inbox.ts";
+ * const options: InboxOptions = { dir: "./inbox", onCollision: "reject", maxFileSize: 1 << 30 };
+ * ```
+ */
+export interface InboxOptions {
+  /** The inbox directory; created if missing. */
+  dir: string;
+  /** Default `"rename"`: keep both, the new file becomes `photo (1).jpg`. */
+  onCollision?: CollisionPolicy;
+  /** Default 24 h: partial files untouched for longer are deleted by `open()` and `sweep()`. */
+  partialTtlMs?: number;
+  /** Default 8 MiB: fsync the partial and advance its durable offset at least this often. */
+  syncEveryBytes?: number;
+  /** Default 64 MiB: free space that must remain after storing the declared size. */
+  minFreeBytes?: number;
+  /** Default 0 = unlimited; larger files are refused with `FILE_TOO_LARGE`. */
+  maxFileSize?: number;
+}
+
+/**
+ * What a sender declares about a file before sending its bytes. Every field
+ * is untrusted; {@linkcode Inbox.begin} validates them.
+ *
+ * @example
+ * ```ts
+ * import type { FileHeader } from "./inbox.ts";
+ * const header: FileHeader = {
+ *   name: "photos/cat.jpg", size: 0, sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+ *   mtimeMs: 0, mime: "image/jpeg", sender: "192.0.2.1:50000", resume: true,
+ * };
+ * ```
+ */
+export interface FileHeader {
+  /** Relative path requested by the sender (untrusted). */
+  name: string;
+  /** Size in bytes. */
+  size: number;
+  /** SHA-256 of the content, lowercase hex. */
+  sha256: string;
+  /** Modification time in ms since the epoch; 0 = unknown. */
+  mtimeMs: number;
+  /** Declared media type. */
+  mime: string;
+  /** The peer, `"ip:port"`. */
+  sender: string;
+  /** The sender can continue from a non-zero offset. */
+  resume: boolean;
+}
+
+/**
+ * A stored file, as recorded (one JSON line each) in `.ferry/receipts.ndjson`.
+ *
+ * @example
+ * ```ts
+ * import { Inbox, type Receipt } from "./inbox.ts";
+ * const inbox = await Inbox.open({ dir: "./inbox" });
+ * const renamed: Receipt[] = inbox.receipts().filter((r) => r.name !== r.requestedName);
+ * ```
+ */
+export interface Receipt {
+  /** Relative path the file was stored under (may differ from `requestedName` after a rename). */
+  name: string;
+  /** The validated (NFC) name the sender asked for. */
+  requestedName: string;
+  size: number;
+  sha256: string;
+  mtimeMs: number;
+  mime: string;
+  sender: string;
+  /** ISO 8601 time the file was committed. */
+  receivedAt: string;
+  /** Set on the copy returned for a duplicate upload; never written to disk. */
+  duplicate?: boolean;
+}
+
+/**
+ * The result of {@linkcode Inbox.begin}: the file is already stored, or an
+ * upload to feed.
+ *
+ * @example
+ * ```ts
+ * import type { BeginResult } from "./inbox.ts";
+ * function startOffset(r: BeginResult): number | undefined {
+ *   return r.kind === "upload" ? r.upload.offset : undefined; // undefined: nothing to send
+ * }
+ * ```
+ */
+export type BeginResult = { kind: "duplicate"; receipt: Receipt } | { kind: "upload"; upload: Upload };
+
+const MiB = 1024 * 1024;
+const DEFAULTS = {
+  onCollision: "rename" as CollisionPolicy,
+  partialTtlMs: 24 * 60 * 60 * 1000,
+  syncEveryBytes: 8 * MiB,
+  minFreeBytes: 64 * MiB,
+  maxFileSize: 0,
+};
+const STATE_DIR = ".ferry";
+const MAX_COLLISIONS = 9999;
+const REHASH_CHUNK = 4 * MiB;
+const TAIL_SCAN_CHUNK = 64 * 1024;
+const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+// Keys of uploads open in this process, as "<real inbox>\0<key>", shared by
+// every Inbox on the same directory.
+const busyKeys = new Set<string>();
+
+/** Sidecar of a partial file: `.ferry/partial/<key>.json`. */
+interface Sidecar {
+  name: string;
+  size: number;
+  sha256: string;
+  mtimeMs: number;
+  durableOffset: number;
+  updatedAt: string;
+}
+
+/**
+ * The inbox directory and ferry's state inside it.
+ *
+ * @example Receive one file
+ * ```ts
+ * import { Inbox } from "./inbox.ts";
+ * import { createHash } from "node:crypto";
+ * const bytes = new TextEncoder().encode("hello");
+ * const inbox = await Inbox.open({ dir: "./inbox" });
+ * const started = await inbox.begin({
+ *   name: "hello.txt", size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex"),
+ *   mtimeMs: 0, mime: "text/plain", sender: "192.0.2.1:50000", resume: true,
+ * });
+ * if (started.kind === "upload") {
+ *   await started.upload.write(bytes, started.upload.offset);
+ *   const receipt = await started.upload.finish(); // receipt.name === "hello.txt"
+ * }
+ * ```
+ */
+export class Inbox {
+  /** Absolute path of the inbox directory. */
+  readonly dir: string;
+  readonly #realDir: string;
+  readonly #opts: Required<Omit<InboxOptions, "dir">>;
+  readonly #partialDir: string;
+  readonly #receiptsPath: string;
+  readonly #messagesPath: string;
+  #receipts: Receipt[] = [];
+  /** Stored name → the latest receipt for it; older ones describe overwritten content. */
+  #byStored = new Map<string, Receipt>();
+  /** Requested name → receipts, newest last. */
+  #byRequested = new Map<string, Receipt[]>();
+  /** Serialises appends to the ndjson files. */
+  #appendTail: Promise<unknown> = Promise.resolve();
+
+  private constructor(dir: string, realDir: string, opts: Required<Omit<InboxOptions, "dir">>) {
+    this.dir = dir;
+    this.#realDir = realDir;
+    this.#opts = opts;
+    this.#partialDir = path.join(dir, STATE_DIR, "partial");
+    this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
+    this.#messagesPath = path.join(dir, STATE_DIR, "messages.ndjson");
+  }
+
+  /**
+   * Opens (creating if needed) an inbox: makes `.ferry/partial/`, deletes
+   * stale partials and orphan temp files, and loads the receipts index,
+   * dropping a line torn by a crash.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox", onCollision: "reject" });
+   * inbox.receipts().length; // files received so far
+   * ```
+   */
+  static async open(options: InboxOptions): Promise<Inbox> {
+    const opts = checkOptions(options);
+    const dir = path.resolve(options.dir);
+    try {
+      await fs.mkdir(dir, { recursive: true });
+      const realDir = await fs.realpath(dir);
+      // One level at a time: a planted symlink here would redirect our own writes.
+      const stateDir = path.join(dir, STATE_DIR);
+      for (const p of [stateDir, path.join(stateDir, "partial")]) {
+        await fs.mkdir(p).catch((e) => {
+          if (errno(e) !== "EEXIST") throw e;
+        });
+        const st = await fs.lstat(p);
+        if (st.isSymbolicLink() || !st.isDirectory()) {
+          throw new FerryError("IO_ERROR", `Cannot open inbox: ${p} is not a plain directory`);
+        }
+      }
+      const inbox = new Inbox(dir, realDir, opts);
+      await inbox.#sweep(true);
+      await inbox.#loadReceipts();
+      await dropTornTail(inbox.#messagesPath);
+      return inbox;
+    } catch (e) {
+      throw ioError(`open inbox ${dir}`, e);
+    }
+  }
+
+  /**
+   * Every receipt recorded so far, oldest first.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * for (const r of inbox.receipts()) console.log(r.name, r.size);
+   * ```
+   */
+  receipts(): readonly Receipt[] {
+    return this.#receipts.slice();
+  }
+
+  /**
+   * Deletes partial files whose sidecar was last updated more than
+   * `partialTtlMs` ago, and orphan files, skipping uploads open in this
+   * process. Returns how many partials were deleted.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * setInterval(() => inbox.sweep(), 60 * 60 * 1000);
+   * ```
+   */
+  sweep(): Promise<number> {
+    return this.#sweep(false).catch((e) => {
+      throw ioError("sweep partial files", e);
+    });
+  }
+
+  /**
+   * Appends one message as a JSON line `{receivedAt, sender, text}` to
+   * `.ferry/messages.ndjson` and fsyncs it.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * const { receivedAt } = await inbox.appendMessage({ text: "hi", sender: "192.0.2.1:50000" });
+   * ```
+   */
+  async appendMessage(m: { id?: number; text: string; sender: string }): Promise<{ receivedAt: string }> {
+    if (typeof m?.text !== "string" || typeof m.sender !== "string") {
+      throw new FerryError("BAD_HEADER", "Cannot store message: text and sender must be strings", {
+        id: m?.id,
+      });
+    }
+    const receivedAt = new Date().toISOString();
+    const line = JSON.stringify({ receivedAt, sender: m.sender, text: m.text }) + "\n";
+    try {
+      await this.#append(this.#messagesPath, line);
+    } catch (e) {
+      throw ioError("store message", e);
+    }
+    return { receivedAt };
+  }
+
+  /**
+   * Starts receiving a file. Validates the header, returns the original
+   * receipt (marked `duplicate`) if this exact file is already stored, and
+   * otherwise an {@linkcode Upload} positioned at 0 or at the durable offset
+   * of a matching partial (when `header.resume`).
+   *
+   * Throws `FerryError`: `BAD_NAME`, `BAD_HEADER`, `FILE_TOO_LARGE`,
+   * `NAME_EXISTS` (policy "reject"), `FILE_BUSY`, `INSUFFICIENT_STORAGE`,
+   * `DISK_FULL`, `IO_ERROR`.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * const r = await inbox.begin({
+   *   name: "a.txt", size: 0, sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+   *   mtimeMs: 0, mime: "text/plain", sender: "192.0.2.1:50000", resume: false,
+   * });
+   * if (r.kind === "upload") await r.upload.finish();
+   * ```
+   */
+  async begin(header: FileHeader): Promise<BeginResult> {
+    const h = checkHeader(header);
+    const shownName = escapeForDisplay(h.name);
+    const max = this.#opts.maxFileSize;
+    if (max > 0 && h.size > max) {
+      throw new FerryError(
+        "FILE_TOO_LARGE",
+        `Cannot accept "${shownName}": ${h.size} bytes exceeds the limit of ${max} bytes`,
+      );
+    }
+    const key = partialKey(h);
+    const lock = this.#realDir + "\0" + key;
+    // Taken before any await so two connections cannot both pass the check.
+    if (busyKeys.has(lock)) {
+      throw new FerryError("FILE_BUSY", `Cannot accept "${shownName}": the same file is being received now`);
+    }
+    busyKeys.add(lock);
+    let handle: fs.FileHandle | undefined;
+    try {
+      const dup = await this.#findDuplicate(h.name, h.sha256);
+      if (dup) {
+        busyKeys.delete(lock);
+        return { kind: "duplicate", receipt: { ...dup, duplicate: true } };
+      }
+      // Early refusals; placement re-checks everything at commit time.
+      const parent = await this.#safeParent(h.name, false);
+      if (this.#opts.onCollision === "reject" && parent !== undefined) {
+        if (await exists(path.join(parent, path.basename(h.name)))) {
+          throw new FerryError("NAME_EXISTS", `Cannot accept "${shownName}": a file with that name exists`);
+        }
+      }
+      const partPath = path.join(this.#partialDir, key + ".part");
+      const sidecarPath = path.join(this.#partialDir, key + ".json");
+      let offset = 0;
+      let hash = createHash("sha256");
+      if (h.resume) {
+        const resumed = await tryResume(partPath, sidecarPath, h);
+        if (resumed) {
+          ({ handle, hash, offset } = resumed);
+        }
+      }
+      await this.#checkFreeSpace(h.size - offset, shownName);
+      handle ??= await fs.open(partPath, "w+");
+      const upload = new Upload({
+        header: h,
+        handle,
+        hash,
+        offset,
+        partPath,
+        sidecarPath,
+        release: () => busyKeys.delete(lock),
+        commit: (temp, header) => this.#commit(temp, header),
+        syncEveryBytes: this.#opts.syncEveryBytes,
+      });
+      await writeSidecar(sidecarPath, sidecarFor(h, offset));
+      return { kind: "upload", upload };
+    } catch (e) {
+      await handle?.close().catch(() => {});
+      busyKeys.delete(lock);
+      throw ioError(`accept "${shownName}"`, e);
+    }
+  }
+
+  /** Places a verified temp file under its final name; called through {@linkcode Upload.finish}. */
+  async #commit(temp: string, header: FileHeader): Promise<Receipt> {
+    const name = header.name;
+    const shownName = escapeForDisplay(name);
+    const parent = await this.#safeParent(name, true);
+    if (parent === undefined) throw new FerryError("INTERNAL", `Cannot place "${shownName}": no parent`);
+    const dirPart = name.includes("/") ? name.slice(0, name.lastIndexOf("/") + 1) : "";
+    const policy = this.#opts.onCollision;
+    let stored = name;
+    if (policy === "overwrite") {
+      const target = path.join(parent, path.basename(name));
+      const st = await lstatOrUndefined(target);
+      if (st?.isSymbolicLink()) {
+        throw new FerryError("BAD_NAME", `Cannot place "${shownName}": the existing entry is a symlink`);
+      }
+      if (st?.isDirectory()) {
+        throw new FerryError("NAME_EXISTS", `Cannot place "${shownName}": a directory has that name`);
+      }
+      await fs.rename(temp, target);
+    } else {
+      const last = policy === "rename" ? MAX_COLLISIONS : 0;
+      let placed = false;
+      for (let n = 0; n <= last && !placed; n++) {
+        const candidate = n === 0 ? name : collisionName(name, n);
+        // collisionName only changes the base name, so the checked parent still holds.
+        placed = await linkNoClobber(temp, path.join(parent, candidate.slice(dirPart.length)));
+        if (placed) stored = candidate;
+      }
+      if (!placed) {
+        throw new FerryError(
+          "NAME_EXISTS",
+          policy === "reject"
+            ? `Cannot place "${shownName}": a file with that name exists`
+            : `Cannot place "${shownName}": ${MAX_COLLISIONS} renamed copies exist already`,
+        );
+      }
+      await rmForce(temp); // already gone if the no-hard-link fallback renamed it
+    }
+    await syncDir(parent);
+    const receipt: Receipt = {
+      name: stored,
+      requestedName: name,
+      size: header.size,
+      sha256: header.sha256,
+      mtimeMs: header.mtimeMs,
+      mime: header.mime,
+      sender: header.sender,
+      receivedAt: new Date().toISOString(),
+    };
+    await this.#append(this.#receiptsPath, JSON.stringify(receipt) + "\n");
+    this.#index(receipt);
+    return { ...receipt };
+  }
+
+  async #findDuplicate(name: string, sha256: string): Promise<Receipt | undefined> {
+    const candidates = [...(this.#byRequested.get(name) ?? [])];
+    const byName = this.#byStored.get(name);
+    if (byName) candidates.push(byName);
+    for (let i = candidates.length - 1; i >= 0; i--) {
+      const r = candidates[i];
+      // Only the latest receipt for a stored name describes what is on disk now.
+      if (r.sha256 !== sha256 || this.#byStored.get(r.name) !== r) continue;
+      const parent = await this.#safeParent(r.name, false).catch(() => undefined);
+      if (parent === undefined) continue;
+      const st = await lstatOrUndefined(path.join(parent, path.basename(r.name)));
+      if (st?.isFile() && st.size === r.size) return r;
+    }
+    return undefined;
+  }
+
+  /**
+   * Walks the parent directories of `relPath` one component at a time with
+   * lstat, refusing symlinks and non-directories; with `create`, makes the
+   * missing ones. Returns the parent's path, or undefined if it does not
+   * exist and `create` is false.
+   */
+  async #safeParent(relPath: string, create: boolean): Promise<string | undefined> {
+    const parts = relPath.split("/").slice(0, -1);
+    let cur = this.dir;
+    for (const part of parts) {
+      cur = path.join(cur, part);
+      let st = await lstatOrUndefined(cur);
+      if (!st) {
+        if (!create) return undefined;
+        await fs.mkdir(cur).catch((e) => {
+          if (errno(e) !== "EEXIST") throw e;
+        });
+        st = await fs.lstat(cur);
+      }
+      if (st.isSymbolicLink() || !st.isDirectory()) {
+        throw new FerryError(
+          "BAD_NAME",
+          `Cannot accept name "${escapeForDisplay(relPath)}": "${
+            escapeForDisplay(part)
+          }" exists in the inbox ` +
+            `and is ${st.isSymbolicLink() ? "a symlink" : "not a directory"}`,
+        );
+      }
+    }
+    // Catches anything lstat could not see, e.g. a component swapped for a symlink meanwhile.
+    const real = await fs.realpath(cur);
+    if (real !== this.#realDir && !real.startsWith(this.#realDir + path.sep)) {
+      throw new FerryError(
+        "BAD_NAME",
+        `Cannot accept name "${escapeForDisplay(relPath)}": it resolves outside the inbox`,
+      );
+    }
+    return cur;
+  }
+
+  async #checkFreeSpace(needed: number, shownName: string): Promise<void> {
+    const statfs = (fs as { statfs?: typeof fs.statfs }).statfs;
+    if (typeof statfs !== "function") return;
+    let free: number;
+    try {
+      const st = await statfs(this.dir);
+      free = Number(st.bavail) * Number(st.bsize);
+    } catch {
+      return; // not supported here: skip the check rather than refuse every file
+    }
+    if (!Number.isFinite(free)) return;
+    if (free - needed < this.#opts.minFreeBytes) {
+      throw new FerryError(
+        "INSUFFICIENT_STORAGE",
+        `Cannot accept "${shownName}": it needs ${needed} bytes, ${free} are free ` +
+          `and ${this.#opts.minFreeBytes} must stay free`,
+      );
+    }
+  }
+
+  async #sweep(atOpen: boolean): Promise<number> {
+    const now = Date.now();
+    const ttl = this.#opts.partialTtlMs;
+    const entries = await fs.readdir(this.#partialDir);
+    const present = new Set(entries);
+    const doomed = new Set<string>();
+    for (const entry of entries) {
+      const key = keyOf(entry);
+      if (key === undefined || busyKeys.has(this.#realDir + "\0" + key)) continue;
+      const full = path.join(this.#partialDir, entry);
+      if (entry.endsWith(".json")) {
+        const sidecar = await readSidecar(full);
+        let updated = sidecar ? Date.parse(sidecar.updatedAt) : NaN;
+        if (!Number.isFinite(updated)) updated = (await lstatOrUndefined(full))?.mtimeMs ?? 0;
+        if (!sidecar || now - updated > ttl) doomed.add(key);
+      } else if (entry.endsWith(".part") && !present.has(key + ".json")) {
+        // A partial without a sidecar cannot be resumed: nothing says which bytes are durable.
+        if (atOpen || now - ((await lstatOrUndefined(full))?.mtimeMs ?? 0) > ttl) doomed.add(key);
+      } else if (entry.endsWith(".tmp") && atOpen) {
+        await rmForce(full); // a sidecar update cut short by a crash
+      }
+    }
+    for (const key of doomed) {
+      await rmForce(path.join(this.#partialDir, key + ".part"));
+      await rmForce(path.join(this.#partialDir, key + ".json"));
+      await rmForce(path.join(this.#partialDir, key + ".json.tmp"));
+    }
+    return doomed.size;
+  }
+
+  async #loadReceipts(): Promise<void> {
+    await dropTornTail(this.#receiptsPath);
+    let text: string;
+    try {
+      text = await fs.readFile(this.#receiptsPath, "utf8");
+    } catch (e) {
+      if (errno(e) === "ENOENT") return;
+      throw e;
+    }
+    for (const line of text.split("\n")) {
+      if (line.trim() === "") continue;
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(line);
+      } catch {
+        continue; // one bad line must not lose the rest of the index
+      }
+      const r = checkReceipt(parsed);
+      if (r) this.#index(r);
+    }
+  }
+
+  #index(r: Receipt): void {
+    Object.freeze(r);
+    this.#receipts.push(r);
+    this.#byStored.set(r.name, r);
+    const list = this.#byRequested.get(r.requestedName);
+    if (list) list.push(r);
+    else this.#byRequested.set(r.requestedName, [r]);
+  }
+
+  #append(file: string, line: string): Promise<void> {
+    const run = async () => {
+      const fh = await fs.open(file, "a");
+      try {
+        await writeAll(fh, new TextEncoder().encode(line), 0);
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    };
+    const p = this.#appendTail.then(run, run);
+    this.#appendTail = p.catch(() => {});
+    return p;
+  }
+}
+
+/** Internal construction parameters of an {@linkcode Upload}. */
+interface UploadInit {
+  header: FileHeader;
+  handle: fs.FileHandle;
+  hash: Hash;
+  offset: number;
+  partPath: string;
+  sidecarPath: string;
+  release: () => void;
+  commit: (temp: string, header: FileHeader) => Promise<Receipt>;
+  syncEveryBytes: number;
+}
+
+/**
+ * One file being received, created by {@linkcode Inbox.begin}. Calls are
+ * queued, so a `suspend()` issued while a `write()` is in flight runs after it.
+ *
+ * @example Write, lose the connection, resume
+ * ```ts
+ * import { Inbox } from "./inbox.ts";
+ * import { createHash } from "node:crypto";
+ * const bytes = new TextEncoder().encode("hello world");
+ * const header = {
+ *   name: "h.txt", size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex"),
+ *   mtimeMs: 0, mime: "text/plain", sender: "192.0.2.1:50000", resume: true,
+ * };
+ * const inbox = await Inbox.open({ dir: "./inbox" });
+ * const first = await inbox.begin(header);
+ * if (first.kind === "upload") {
+ *   await first.upload.write(bytes.subarray(0, 5), 0);
+ *   await first.upload.suspend();
+ * }
+ * const again = await inbox.begin(header);
+ * if (again.kind === "upload") {
+ *   const { offset } = again.upload; // 5
+ *   await again.upload.write(bytes.subarray(offset), offset);
+ *   await again.upload.finish();
+ * }
+ * ```
+ */
+export class Upload {
+  /** Where the sender must continue: 0, or the durable offset of a resumed partial. */
+  readonly offset: number;
+  /** Declared size in bytes. */
+  readonly size: number;
+  /** The validated (NFC) requested name. */
+  readonly name: string;
+  readonly #commit: (temp: string, header: FileHeader) => Promise<Receipt>;
+  readonly #header: FileHeader;
+  readonly #handle: fs.FileHandle;
+  readonly #hash: Hash;
+  readonly #partPath: string;
+  readonly #sidecarPath: string;
+  readonly #release: () => void;
+  readonly #syncEveryBytes: number;
+  #received: number;
+  #unsynced = 0;
+  #closed = false;
+  #tail: Promise<unknown> = Promise.resolve();
+
+  /** Internal: use {@linkcode Inbox.begin}. */
+  constructor(init: UploadInit) {
+    this.#commit = init.commit;
+    this.#header = init.header;
+    this.#handle = init.handle;
+    this.#hash = init.hash;
+    this.offset = init.offset;
+    this.#received = init.offset;
+    this.size = init.header.size;
+    this.name = init.header.name;
+    this.#partPath = init.partPath;
+    this.#sidecarPath = init.sidecarPath;
+    this.#release = init.release;
+    this.#syncEveryBytes = init.syncEveryBytes;
+  }
+
+  /** Bytes written so far, counting from 0 (so it includes a resumed offset). */
+  get received(): number {
+    return this.#received;
+  }
+
+  /**
+   * Writes `bytes` at `offset`, which must equal {@linkcode received}
+   * (`BAD_OFFSET` otherwise; nothing is written and the upload stays usable).
+   * Going past the declared size discards the upload with `SIZE_MISMATCH`;
+   * a full disk discards it with `DISK_FULL`. The bytes are neither copied
+   * nor kept: the caller may reuse the buffer once the promise settles.
+   *
+   * @example
+   * ```ts ignore
+   * await upload.write(chunk, upload.received);
+   * ```
+   */
+  write(bytes: Uint8Array, offset: number): Promise<void> {
+    return this.#queue(async () => {
+      this.#assertOpen();
+      if (!(bytes instanceof Uint8Array)) throw new FerryError("INTERNAL", "Cannot write: not a Uint8Array");
+      if (offset !== this.#received) {
+        throw new FerryError(
+          "BAD_OFFSET",
+          `Cannot write "${this.#shown()}" at offset ${offset}: expected offset ${this.#received}`,
+        );
+      }
+      if (this.#received + bytes.length > this.size) {
+        await this.#discard();
+        throw new FerryError(
+          "SIZE_MISMATCH",
+          `Cannot write "${this.#shown()}": ${this.#received + bytes.length} bytes exceeds the declared ` +
+            `size ${this.size}`,
+        );
+      }
+      try {
+        await writeAll(this.#handle, bytes, this.#received);
+      } catch (e) {
+        const err = ioError(`write "${this.#shown()}"`, e);
+        if (err.code === "DISK_FULL") await this.#discard();
+        throw err;
+      }
+      this.#hash.update(bytes);
+      this.#received += bytes.length;
+      this.#unsynced += bytes.length;
+      if (this.#unsynced >= this.#syncEveryBytes) await this.#checkpoint();
+    });
+  }
+
+  /**
+   * Verifies size and SHA-256, then stores the file under its final name and
+   * records the receipt. On `SIZE_MISMATCH` or `HASH_MISMATCH` the partial is
+   * deleted. Placement can also fail with `BAD_NAME` (a symlink appeared in
+   * the path), `NAME_EXISTS` or `DISK_FULL`; the partial is deleted then too.
+   *
+   * @example
+   * ```ts ignore
+   * const receipt = await upload.finish(); // receipt.name may be "photo (1).jpg"
+   * ```
+   */
+  finish(): Promise<Receipt> {
+    return this.#queue(async () => {
+      this.#assertOpen();
+      if (this.#received !== this.size) {
+        await this.#discard();
+        throw new FerryError(
+          "SIZE_MISMATCH",
+          `Cannot store "${this.#shown()}": received ${this.#received} of ${this.size} bytes`,
+        );
+      }
+      const digest = this.#hash.digest("hex");
+      if (digest !== this.#header.sha256) {
+        await this.#discard();
+        throw new FerryError(
+          "HASH_MISMATCH",
+          `Cannot store "${this.#shown()}": SHA-256 is ${digest}, the sender declared ${this.#header.sha256}`,
+        );
+      }
+      try {
+        if (this.#header.mtimeMs > 0) {
+          await this.#handle.utimes(new Date(), new Date(this.#header.mtimeMs));
+        }
+        await this.#handle.sync();
+        this.#closed = true;
+        await this.#handle.close();
+        const receipt = await this.#commit(this.#partPath, this.#header);
+        await rmForce(this.#sidecarPath);
+        this.#release();
+        return receipt;
+      } catch (e) {
+        await this.#discard();
+        throw ioError(`store "${this.#shown()}"`, e);
+      }
+    });
+  }
+
+  /**
+   * Keeps what was received for a later resume: fsyncs it, records the
+   * durable offset in the sidecar and releases the file. Does nothing if the
+   * upload is already finished or discarded.
+   *
+   * @example
+   * ```ts ignore
+   * socket.on("close", () => upload.suspend());
+   * ```
+   */
+  suspend(): Promise<void> {
+    return this.#queue(async () => {
+      if (this.#closed) return;
+      this.#closed = true;
+      try {
+        await this.#handle.datasync();
+        await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
+      } catch (e) {
+        throw ioError(`keep partial "${this.#shown()}"`, e);
+      } finally {
+        await this.#handle.close().catch(() => {});
+        this.#release();
+      }
+    });
+  }
+
+  /**
+   * Deletes the partial file and its sidecar and releases the file.
+   * Idempotent.
+   *
+   * @example
+   * ```ts ignore
+   * await upload.discard();
+   * ```
+   */
+  discard(): Promise<void> {
+    return this.#queue(() => this.#discard());
+  }
+
+  async #discard(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      await this.#handle.close().catch(() => {});
+    }
+    try {
+      await rmForce(this.#partPath);
+      await rmForce(this.#sidecarPath);
+    } finally {
+      this.#release();
+    }
+  }
+
+  async #checkpoint(): Promise<void> {
+    try {
+      await this.#handle.datasync();
+      await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
+    } catch (e) {
+      const err = ioError(`sync "${this.#shown()}"`, e);
+      if (err.code === "DISK_FULL") await this.#discard();
+      throw err;
+    }
+    this.#unsynced = 0;
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) {
+      throw new FerryError("INTERNAL", `Cannot use upload of "${this.#shown()}": it is already closed`);
+    }
+  }
+
+  #shown(): string {
+    return escapeForDisplay(this.name);
+  }
+
+  #queue<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.#tail.then(fn, fn);
+    this.#tail = p.catch(() => {});
+    return p;
+  }
+}
+
+function checkOptions(o: InboxOptions): Required<Omit<InboxOptions, "dir">> {
+  if (typeof o?.dir !== "string" || o.dir === "") {
+    throw new FerryError("INTERNAL", "Cannot open inbox: dir must be a non-empty string");
+  }
+  const onCollision = o.onCollision ?? DEFAULTS.onCollision;
+  if (!["rename", "overwrite", "reject"].includes(onCollision)) {
+    throw new FerryError("INTERNAL", `Cannot open inbox: unknown collision policy ${String(onCollision)}`);
+  }
+  const num = (k: "partialTtlMs" | "syncEveryBytes" | "minFreeBytes" | "maxFileSize"): number => {
+    const v = o[k] ?? DEFAULTS[k];
+    if (typeof v !== "number" || !(v >= 0)) {
+      throw new FerryError("INTERNAL", `Cannot open inbox: ${k} must be a non-negative number`);
+    }
+    return v;
+  };
+  return {
+    onCollision,
+    partialTtlMs: num("partialTtlMs"),
+    syncEveryBytes: Math.max(1, num("syncEveryBytes")),
+    minFreeBytes: num("minFreeBytes"),
+    maxFileSize: num("maxFileSize"),
+  };
+}
+
+/** Validates a header from the network and returns a copy with the NFC name. */
+function checkHeader(h: FileHeader): FileHeader {
+  if (typeof h !== "object" || h === null) {
+    throw new FerryError("BAD_HEADER", "Cannot accept file: no header");
+  }
+  const name = validateRelativePath(h.name);
+  const bad = (what: string) =>
+    new FerryError("BAD_HEADER", `Cannot accept "${escapeForDisplay(name)}": ${what}`);
+  if (!Number.isSafeInteger(h.size) || h.size < 0) throw bad("size must be a non-negative safe integer");
+  if (typeof h.sha256 !== "string" || !SHA256_HEX.test(h.sha256)) {
+    throw bad("sha256 must be 64 lowercase hex digits");
+  }
+  if (typeof h.mtimeMs !== "number" || !Number.isFinite(h.mtimeMs) || h.mtimeMs < 0) {
+    throw bad("mtimeMs must be a non-negative number");
+  }
+  if (typeof h.mime !== "string") throw bad("mime must be a string");
+  if (typeof h.sender !== "string") throw bad("sender must be a string");
+  return {
+    name,
+    size: h.size,
+    sha256: h.sha256,
+    mtimeMs: h.mtimeMs,
+    mime: h.mime,
+    sender: h.sender,
+    resume: h.resume === true,
+  };
+}
+
+function checkReceipt(v: unknown): Receipt | undefined {
+  if (typeof v !== "object" || v === null) return undefined;
+  const r = v as Record<string, unknown>;
+  const strings = ["name", "requestedName", "sha256", "mime", "sender", "receivedAt"] as const;
+  if (strings.some((k) => typeof r[k] !== "string")) return undefined;
+  if (!Number.isSafeInteger(r.size) || typeof r.mtimeMs !== "number") return undefined;
+  try {
+    // The file is ours, but a receipt names a path we will lstat: keep it inside the inbox.
+    validateRelativePath(r.name as string);
+  } catch {
+    return undefined;
+  }
+  return {
+    name: r.name as string,
+    requestedName: r.requestedName as string,
+    size: r.size as number,
+    sha256: r.sha256 as string,
+    mtimeMs: r.mtimeMs as number,
+    mime: r.mime as string,
+    sender: r.sender as string,
+    receivedAt: r.receivedAt as string,
+  };
+}
+
+/** sha256 hex of `name\0size\0sha256\0mtimeMs`: a changed file gets a new partial. */
+function partialKey(h: FileHeader): string {
+  return createHash("sha256").update(`${h.name}\0${h.size}\0${h.sha256}\0${h.mtimeMs}`).digest("hex");
+}
+
+function keyOf(entry: string): string | undefined {
+  const m = /^([0-9a-f]{64})\.(part|json|json\.tmp)$/.exec(entry);
+  return m ? m[1] : undefined;
+}
+
+function sidecarFor(h: FileHeader, durableOffset: number): Sidecar {
+  return {
+    name: h.name,
+    size: h.size,
+    sha256: h.sha256,
+    mtimeMs: h.mtimeMs,
+    durableOffset,
+    updatedAt: new Date().toISOString(),
+  };
+}
+
+/** Writes the sidecar atomically: a torn sidecar would mean a wrong resume offset. */
+async function writeSidecar(file: string, s: Sidecar): Promise<void> {
+  const tmp = file + ".tmp";
+  const fh = await fs.open(tmp, "w");
+  try {
+    await writeAll(fh, new TextEncoder().encode(JSON.stringify(s)), 0);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+async function readSidecar(file: string): Promise<Sidecar | undefined> {
+  try {
+    const s = JSON.parse(await fs.readFile(file, "utf8")) as Sidecar;
+    if (typeof s !== "object" || s === null || !Number.isSafeInteger(s.durableOffset)) return undefined;
+    return s;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Reopens a matching partial at its durable offset: truncates anything past
+ * it (those bytes were never fsynced) and rebuilds the hash state from disk.
+ */
+async function tryResume(
+  partPath: string,
+  sidecarPath: string,
+  h: FileHeader,
+): Promise<{ handle: fs.FileHandle; hash: Hash; offset: number } | undefined> {
+  const s = await readSidecar(sidecarPath);
+  if (
+    !s || s.name !== h.name || s.size !== h.size || s.sha256 !== h.sha256 || s.mtimeMs !== h.mtimeMs ||
+    s.durableOffset < 0 || s.durableOffset > h.size
+  ) return undefined;
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(partPath, "r+");
+  } catch (e) {
+    if (errno(e) === "ENOENT") return undefined;
+    throw e;
+  }
+  try {
+    const st = await handle.stat();
+    if (!st.isFile() || st.size < s.durableOffset) {
+      await handle.close();
+      return undefined;
+    }
+    await handle.truncate(s.durableOffset);
+    const hash = createHash("sha256");
+    const buf = new Uint8Array(Math.min(REHASH_CHUNK, Math.max(1, s.durableOffset)));
+    let pos = 0;
+    while (pos < s.durableOffset) {
+      const { bytesRead } = await handle.read(buf, 0, Math.min(buf.length, s.durableOffset - pos), pos);
+      if (bytesRead === 0) {
+        await handle.close();
+        return undefined;
+      }
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+    return { handle, hash, offset: s.durableOffset };
+  } catch (e) {
+    await handle.close().catch(() => {});
+    throw e;
+  }
+}
+
+/** `link(2)` never replaces an existing entry; returns false on EEXIST. */
+async function linkNoClobber(from: string, to: string): Promise<boolean> {
+  try {
+    await fs.link(from, to);
+    return true;
+  } catch (e) {
+    const code = errno(e);
+    if (code === "EEXIST") return false;
+    if (!["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS", "EXDEV"].includes(code ?? "")) throw e;
+  }
+  // No hard links on this filesystem: reserve the name with O_EXCL (which
+  // never follows a symlink), then atomically replace our empty placeholder.
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(to, "wx");
+  } catch (e) {
+    if (errno(e) === "EEXIST") return false;
+    throw e;
+  }
+  await fh.close();
+  await fs.rename(from, to);
+  return true;
+}
+
+async function writeAll(fh: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
+    if (bytesWritten <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+    done += bytesWritten;
+  }
+}
+
+/** Drops a last line torn by a crash, so the next append starts on a fresh line. */
+async function dropTornTail(file: string): Promise<void> {
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(file, "r+");
+  } catch (e) {
+    if (errno(e) === "ENOENT") return;
+    throw e;
+  }
+  try {
+    const size = (await fh.stat()).size;
+    if (size === 0) return;
+    const buf = new Uint8Array(TAIL_SCAN_CHUNK);
+    let end = size;
+    let first = true;
+    while (end > 0) {
+      const start = Math.max(0, end - buf.length);
+      const { bytesRead } = await fh.read(buf, 0, end - start, start);
+      const nl = buf.subarray(0, bytesRead).lastIndexOf(0x0a);
+      if (first && nl === bytesRead - 1) return; // ends with a newline: intact
+      first = false;
+      if (nl !== -1) {
+        await fh.truncate(start + nl + 1);
+        await fh.sync();
+        return;
+      }
+      end = start;
+    }
+    await fh.truncate(0);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function syncDir(dir: string): Promise<void> {
+  let fh: fs.FileHandle | undefined;
+  try {
+    fh = await fs.open(dir, "r");
+    await fh.sync();
+  } catch {
+    // Some platforms (Windows) cannot open or fsync a directory; the rename/link is still atomic.
+  } finally {
+    await fh?.close().catch(() => {});
+  }
+}
+
+async function lstatOrUndefined(p: string) {
+  try {
+    return await fs.lstat(p);
+  } catch (e) {
+    if (errno(e) === "ENOENT" || errno(e) === "ENOTDIR") return undefined;
+    throw e;
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return (await lstatOrUndefined(p)) !== undefined;
+}
+
+async function rmForce(p: string): Promise<void> {
+  try {
+    await fs.unlink(p);
+  } catch (e) {
+    if (errno(e) !== "ENOENT") throw e;
+  }
+}
+
+function errno(e: unknown): string | undefined {
+  const code = (e as { code?: unknown })?.code;
+  return typeof code === "string" ? code : undefined;
+}
+
+/** Passes a FerryError through; maps a full disk to DISK_FULL and anything else to IO_ERROR. */
+function ioError(action: string, e: unknown): FerryError {
+  if (e instanceof FerryError) return e;
+  const code = errno(e);
+  const detail = e instanceof Error ? e.message : String(e);
+  if (code === "ENOSPC" || code === "EDQUOT") {
+    return new FerryError("DISK_FULL", `Cannot ${action}: no space left on the device`, { cause: e });
+  }
+  return new FerryError("IO_ERROR", `Cannot ${action}: ${detail}`, { cause: e });
+}
