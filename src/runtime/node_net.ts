@@ -9,6 +9,7 @@ import * as net from "node:net";
 import * as tls from "node:tls";
 import { createHash, X509Certificate } from "node:crypto";
 import { FerryError } from "../errors.ts";
+import { encodeMessage } from "../protocol/messages.ts";
 import type { Connection, Listener, Runtime, TlsClientOptions } from "./transport.ts";
 
 /** Unread bytes above which the socket is paused. */
@@ -27,12 +28,13 @@ class NodeConnection implements Connection {
   #waiterReject: ((e: Error) => void) | undefined;
   #paused = false;
 
-  constructor(socket: net.Socket) {
+  /** `raw` is the TCP socket under a TLS one; it carries the address and TCP options. */
+  constructor(socket: net.Socket, raw: net.Socket = socket) {
     this.#socket = socket;
-    this.remoteAddress = stripV4Mapped(socket.remoteAddress ?? "");
-    this.remotePort = socket.remotePort ?? 0;
-    socket.setNoDelay(true);
-    socket.setKeepAlive(true, 15_000);
+    this.remoteAddress = stripV4Mapped(raw.remoteAddress ?? "");
+    this.remotePort = raw.remotePort ?? 0;
+    raw.setNoDelay(true);
+    raw.setKeepAlive(true, 15_000);
     socket.on("data", (chunk: Uint8Array) => {
       if (this.#waiter) {
         const w = this.#waiter;
@@ -160,6 +162,55 @@ function stripV4Mapped(address: string): string {
   return address.startsWith("::ffff:") && address.includes(".") ? address.slice(7) : address;
 }
 
+/** First byte of a TLS record carrying a handshake (the ClientHello). */
+const TLS_HANDSHAKE_RECORD = 0x16;
+
+/**
+ * Starts TLS on an accepted socket. A client that speaks plaintext ferry
+ * instead gets a plaintext ERROR frame (TLS_MISMATCH) it can read, rather
+ * than a silent hang-up.
+ */
+function acceptTls(
+  raw: net.Socket,
+  secureContext: tls.SecureContext,
+  timeoutMs: number,
+  onConnection: (conn: Connection) => void,
+): void {
+  const timer = setTimeout(() => raw.destroy(), timeoutMs);
+  raw.once("error", () => raw.destroy());
+  raw.once("close", () => clearTimeout(timer));
+  raw.once("data", (first: Uint8Array) => {
+    raw.pause();
+    if (first[0] !== TLS_HANDSHAKE_RECORD) {
+      clearTimeout(timer);
+      const error = new FerryError("TLS_MISMATCH", "This server requires TLS: connect with --tls");
+      raw.end(
+        encodeMessage({
+          kind: "error",
+          code: error.code,
+          wireCode: error.wireCode,
+          id: 0,
+          message: error.message,
+        }),
+      );
+      setTimeout(() => raw.destroy(), 2_000).unref?.();
+      return;
+    }
+    raw.unshift(first);
+    const socket = new tls.TLSSocket(raw, { isServer: true, secureContext });
+    socket.once("secure", () => {
+      clearTimeout(timer);
+      onConnection(new NodeConnection(socket, raw));
+    });
+    socket.once("error", () => {
+      clearTimeout(timer);
+      socket.destroy();
+      raw.destroy();
+    });
+    // No raw.resume(): the TLS socket reads the raw one itself; resuming here starves it on Deno and Bun.
+  });
+}
+
 /** Returns the `sha256:<hex>` fingerprint of a PEM or DER certificate. */
 export function certificateFingerprint(cert: string | Uint8Array): string {
   const der = typeof cert === "string" ? new X509Certificate(cert).raw : cert;
@@ -233,10 +284,15 @@ export const nodeNetRuntime: Runtime = {
 
   listen(options, onConnection) {
     return new Promise((resolve, reject) => {
-      const handler = (socket: net.Socket) => onConnection(new NodeConnection(socket));
-      const server = options.tls
-        ? tls.createServer({ cert: options.tls.cert, key: options.tls.key }, handler)
-        : net.createServer({ noDelay: true }, handler);
+      const tlsOptions = options.tls;
+      const secureContext = tlsOptions
+        ? tls.createSecureContext({ cert: tlsOptions.cert, key: tlsOptions.key })
+        : undefined;
+      // allowHalfOpen: a client that half-closes after END must still get its RECEIPT (or ERROR).
+      const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => {
+        if (!secureContext) onConnection(new NodeConnection(socket));
+        else acceptTls(socket, secureContext, options.handshakeTimeoutMs ?? 10_000, onConnection);
+      });
       server.once("error", reject);
       server.listen({ host: options.hostname, port: options.port }, () => {
         server.off("error", reject);

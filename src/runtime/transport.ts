@@ -63,7 +63,7 @@ export interface Runtime {
   /** "deno", "bun" or "node". */
   readonly name: string;
   listen(
-    options: { hostname: string; port: number; tls?: TlsServerOptions },
+    options: { hostname: string; port: number; tls?: TlsServerOptions; handshakeTimeoutMs?: number },
     onConnection: (conn: Connection) => void,
   ): Promise<Listener>;
   connect(options: { hostname: string; port: number; tls?: TlsClientOptions }): Promise<Connection>;

@@ -190,7 +190,7 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
   (sweepTimer as { unref?: () => void }).unref?.();
 
   const listener: Listener = await runtime.listen(
-    { hostname: o.hostname, port: o.port, tls: o.tls },
+    { hostname: o.hostname, port: o.port, tls: o.tls, handshakeTimeoutMs: o.handshakeTimeoutMs },
     (conn) => {
       const ip = conn.remoteAddress;
       const session = new Session(nextId++, conn, { options: o, inbox, events, auth });
