@@ -12,7 +12,7 @@ import { escapeForDisplay } from "../names/names.ts";
 import { VERSION } from "../version.ts";
 import { err, ExitCode, loadToken, out, stderrIsTty } from "./common.ts";
 import { ProgressDisplay } from "./progress.ts";
-import { parseCount, parseSize } from "./units.ts";
+import { parseCount, parseDuration, parseSize } from "./units.ts";
 
 export const SEND_HELP = `ferry send ${VERSION}: send files, folders and messages to a ferry server.
 
@@ -29,13 +29,23 @@ Options:
   --tls                  Connect with TLS, verified against the system CAs
   --ca FILE              Trust this CA certificate (PEM); implies --tls
   --pin sha256:HEX       Trust only the certificate with this fingerprint; implies --tls
-  --retries N            Reconnect attempts after a dropped connection (default 8; 0 = no resume)
+  --retries N            Reconnect attempts in a row that make no progress before giving up
+                         (default 8; 0 = no resume)
   --chunk-size SIZE      Bytes per data frame (default 256K)
   --window N             File headers sent ahead, for many small files (default 32)
+  --heartbeat-interval DUR
+                         PING interval while connected (default 5s)
+  --heartbeat-misses N   Silent intervals before the server is declared dead and the
+                         connection is re-made (default 3)
+  --backoff-max DUR      Longest wait between reconnect attempts (default 10s; the first
+                         wait is 250ms, doubling, with jitter)
   -h, --help             Show this help
   -V, --version          Show the version
 
 HOST:PORT: 127.0.0.1:9000, example.org:9000, [::1]:9000 (port defaults to 9000).
+SIZE takes K, M, G suffixes; DUR takes ms, s, m, h (a bare number is seconds).
+With --json the last line is {"type":"summary","bytesSent":…,"reconnects":…}: bytesSent counts
+file bytes written to sockets, so bytesSent minus the total size is what a resume sent again.
 
 Exit codes:
   0  everything was delivered and verified
@@ -70,6 +80,9 @@ export async function sendMain(args: string[]): Promise<number> {
         retries: { type: "string" },
         "chunk-size": { type: "string" },
         window: { type: "string" },
+        "heartbeat-interval": { type: "string" },
+        "heartbeat-misses": { type: "string" },
+        "backoff-max": { type: "string" },
         help: { type: "boolean", short: "h", default: false },
         version: { type: "boolean", short: "V", default: false },
       },
@@ -101,6 +114,19 @@ export async function sendMain(args: string[]): Promise<number> {
       options.chunkSize = parseSize(values["chunk-size"], "--chunk-size");
     }
     if (values.window !== undefined) options.window = parseCount(values.window, "--window", 1);
+    if (values["heartbeat-interval"] !== undefined) {
+      options.heartbeatIntervalMs = parseDuration(values["heartbeat-interval"], "--heartbeat-interval");
+      if (options.heartbeatIntervalMs < 1) {
+        throw new TypeError("Invalid value for --heartbeat-interval: must be ≥ 1ms");
+      }
+    }
+    if (values["heartbeat-misses"] !== undefined) {
+      options.heartbeatMisses = parseCount(values["heartbeat-misses"], "--heartbeat-misses", 1);
+    }
+    if (values["backoff-max"] !== undefined) {
+      options.backoffMaxMs = parseDuration(values["backoff-max"], "--backoff-max");
+      if (options.backoffMaxMs < 1) throw new TypeError("Invalid value for --backoff-max: must be ≥ 1ms");
+    }
     if (values.pin !== undefined && !/^sha256:[0-9a-f:]{64,95}$/i.test(values.pin)) {
       throw new TypeError(`Invalid value for --pin: expected sha256:<64 hex digits>`);
     }
@@ -139,6 +165,17 @@ export async function sendMain(args: string[]): Promise<number> {
     return exitCodeFor(error);
   }
   display?.finish();
+  if (values.json) {
+    out(JSON.stringify({
+      time: new Date().toISOString(),
+      type: "summary",
+      bytesSent: result.bytesSent,
+      reconnects: result.reconnects,
+      files: result.receipts.length,
+      failures: result.failures.length,
+      messages: result.messagesAcked,
+    }));
+  }
   if (!values.json && !values.quiet) {
     for (const r of result.receipts) {
       const renamed = r.storedName !== r.name ? ` as "${escapeForDisplay(r.storedName)}"` : "";

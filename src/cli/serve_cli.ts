@@ -10,7 +10,7 @@ import { FerryError } from "../errors.ts";
 import { escapeForDisplay } from "../names/names.ts";
 import { DEFAULT_HOST, DEFAULT_PORT, serve, type ServerOptions } from "../server/server.ts";
 import { VERSION } from "../version.ts";
-import { err, ExitCode, loadToken, out } from "./common.ts";
+import { err, ExitCode, loadToken, out, readEnv } from "./common.ts";
 import { formatBytes, parseCount, parseDuration, parseSize } from "./units.ts";
 
 export const SERVE_HELP = `ferry server ${VERSION}: receive files, folders, images and messages over TCP.
@@ -33,12 +33,25 @@ Options:
   --idle-timeout DUR          Close connections idle this long (default 5m)
   --min-free SIZE             Free disk space that must remain after a file (default 64M)
   --partial-ttl DUR           Delete unfinished partial files after this long (default 24h)
+  --sync-every SIZE           fsync a partial file at least every SIZE bytes; a crash loses at
+                              most this much of an upload, which the sender then resends (default 8M)
   --max-message-size SIZE     Largest text message (default 64K)
+  --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)
   --heartbeat-misses N        Silent intervals before a peer is dead (default 3)
   --grace DUR                 On SIGINT/SIGTERM, time for transfers to finish (default 10s)
   --token-file FILE           Require clients to prove this shared token (or set FERRY_TOKEN)
+  --max-auth-failures N       Failed auth attempts per address per minute before RATE_LIMITED (default 5)
   --tls-cert FILE --tls-key FILE   Serve TLS with this certificate and key (PEM)
+  --images-only               Accept only images (JPEG, PNG, GIF, WebP, AVIF, HEIC), checked by content
+  --max-pixels N              Refuse images declaring more pixels, before their body is stored;
+                              0 = no limit (default 100000000)
+  --http PORT                 Also serve the live web dashboard on this port (0 for any free one)
+  --http-host ADDR            Dashboard listen address (default 127.0.0.1)
+  --http-token-file FILE      Require this token for the dashboard (or set FERRY_HTTP_TOKEN); open
+                              http://HOST:PORT/?token=TOKEN once, or send Authorization: Bearer TOKEN
+  --http-history N            Files and messages the dashboard lists (default 200)
+  --http-max-clients N        Dashboards open at once (default 32)
   --log-json                  One JSON object per log line
   -q, --quiet                 Log only errors
   -h, --help                  Show this help
@@ -72,11 +85,21 @@ export async function parseServeArgs(
       "idle-timeout": { type: "string" },
       "min-free": { type: "string" },
       "partial-ttl": { type: "string" },
+      "sync-every": { type: "string" },
       "max-message-size": { type: "string" },
+      "max-open-files": { type: "string" },
       "heartbeat-interval": { type: "string" },
       "heartbeat-misses": { type: "string" },
       grace: { type: "string" },
       "token-file": { type: "string" },
+      "images-only": { type: "boolean", default: false },
+      "max-pixels": { type: "string" },
+      http: { type: "string" },
+      "http-host": { type: "string" },
+      "http-token-file": { type: "string" },
+      "http-history": { type: "string" },
+      "http-max-clients": { type: "string" },
+      "max-auth-failures": { type: "string" },
       "tls-cert": { type: "string" },
       "tls-key": { type: "string" },
       "log-json": { type: "boolean", default: false },
@@ -111,6 +134,7 @@ export async function parseServeArgs(
   if (size("max-connections")) {
     o.maxConnections = parseCount(size("max-connections")!, "--max-connections", 1);
   }
+  if (size("max-open-files")) o.maxOpenFiles = parseCount(size("max-open-files")!, "--max-open-files", 1);
   if (size("max-connections-per-ip")) {
     o.maxConnectionsPerIp = parseCount(size("max-connections-per-ip")!, "--max-connections-per-ip", 1);
   }
@@ -122,6 +146,10 @@ export async function parseServeArgs(
   }
   if (size("idle-timeout")) o.idleTimeoutMs = parseDuration(size("idle-timeout")!, "--idle-timeout");
   if (size("partial-ttl")) o.partialTtlMs = parseDuration(size("partial-ttl")!, "--partial-ttl");
+  if (size("sync-every")) {
+    o.syncEveryBytes = parseSize(size("sync-every")!, "--sync-every");
+    if (o.syncEveryBytes < 1) throw new TypeError("Invalid value for --sync-every: must be at least 1 byte");
+  }
   if (size("heartbeat-interval")) {
     o.heartbeatIntervalMs = parseDuration(size("heartbeat-interval")!, "--heartbeat-interval");
   }
@@ -135,7 +163,37 @@ export async function parseServeArgs(
       key: await readFile(values["tls-key"]!, "utf8"),
     };
   }
+  if (size("max-auth-failures")) {
+    o.maxAuthFailuresPerMinute = parseCount(size("max-auth-failures")!, "--max-auth-failures", 1);
+  }
   o.token = await loadToken(values["token-file"]);
+  if (values["images-only"]) o.imagesOnly = true;
+  if (size("max-pixels")) o.maxPixels = parseCount(size("max-pixels")!, "--max-pixels");
+  const httpOnly = ["http-host", "http-token-file", "http-history", "http-max-clients"].filter((f) =>
+    size(f)
+  );
+  if (values.http === undefined && httpOnly.length > 0) {
+    throw new TypeError(`--${httpOnly[0]} needs --http PORT`);
+  }
+  if (values.http !== undefined) {
+    const port = parseCount(values.http, "--http");
+    if (port > 65535) throw new TypeError(`Invalid value for --http: ${values.http} is above 65535`);
+    o.http = { port };
+    if (size("http-host")) o.http.hostname = size("http-host");
+    if (size("http-history")) o.http.history = parseCount(size("http-history")!, "--http-history", 1);
+    if (size("http-max-clients")) {
+      o.http.maxClients = parseCount(size("http-max-clients")!, "--http-max-clients", 1);
+    }
+    const tokenFile = size("http-token-file");
+    if (tokenFile !== undefined) {
+      const token = (await readFile(tokenFile, "utf8")).trim();
+      if (token === "") throw new TypeError(`Token file ${tokenFile} is empty`);
+      o.http.token = token;
+    } else {
+      const env = readEnv("FERRY_HTTP_TOKEN");
+      if (env) o.http.token = env;
+    }
+  }
   return {
     options: o,
     logJson: values["log-json"]!,
@@ -176,6 +234,44 @@ export async function serveMain(args: string[]): Promise<number> {
     return code === "EADDRINUSE" || code === "EACCES" ? ExitCode.CONNECTION : ExitCode.INTERNAL;
   }
   const host = server.hostname.includes(":") ? `[${server.hostname}]` : server.hostname;
+  // Signal handlers go in before "listening" is printed: whoever reads that line may signal at once,
+  // and a signal that beats the handler kills the process without a graceful shutdown.
+  const exited = new Promise<number>((resolve) => {
+    let stopping = false;
+    let firstAt = 0;
+    const stop = (signal: string) => {
+      if (stopping) {
+        // Deno can deliver one signal to a listener several times in a burst: only a later one forces.
+        if (performance.now() - firstAt < 500) return;
+        log("warn", { event: "shutdown", signal, forced: true }, `${signal} again: exiting now`);
+        resolve(130);
+        return;
+      }
+      stopping = true;
+      firstAt = performance.now();
+      log("info", { event: "shutdown", signal }, `${signal}: finishing transfers in flight, then exiting`);
+      server.close().then(() => {
+        log("info", { event: "stopped" }, "stopped");
+        resolve(ExitCode.OK);
+      });
+    };
+    process.on("SIGINT", () => stop("SIGINT"));
+    process.on("SIGTERM", () => stop("SIGTERM"));
+  });
+  // Before "listening", so whoever waits for that line can already find the dashboard's port.
+  if (server.http) {
+    log(
+      "info",
+      {
+        event: "http",
+        host: server.http.hostname,
+        port: server.http.port,
+        url: server.http.url,
+        auth: parsed.options.http?.token !== undefined,
+      },
+      `dashboard on ${server.http.url}${parsed.options.http?.token ? " (token required)" : ""}`,
+    );
+  }
   log(
     "info",
     {
@@ -185,6 +281,7 @@ export async function serveMain(args: string[]): Promise<number> {
       dir: parsed.options.dir,
       auth: parsed.options.token !== undefined,
       tls: parsed.options.tls !== undefined,
+      ...(server.http ? { http: server.http.url } : {}),
     },
     `listening on ${host}:${server.port}, inbox ${parsed.options.dir}${
       parsed.options.token ? ", token required" : ""
@@ -245,24 +342,7 @@ export async function serveMain(args: string[]): Promise<number> {
     );
   });
 
-  return await new Promise<number>((resolve) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) {
-        log("warn", { event: "shutdown", signal, forced: true }, `${signal} again: exiting now`);
-        resolve(130);
-        return;
-      }
-      stopping = true;
-      log("info", { event: "shutdown", signal }, `${signal}: finishing transfers in flight, then exiting`);
-      server.close().then(() => {
-        log("info", { event: "stopped" }, "stopped");
-        resolve(ExitCode.OK);
-      });
-    };
-    process.on("SIGINT", () => stop("SIGINT"));
-    process.on("SIGTERM", () => stop("SIGTERM"));
-  });
+  return await exited;
 }
 
 type Level = "info" | "warn" | "error";
@@ -270,7 +350,7 @@ type Level = "info" | "warn" | "error";
 /** One line per event: human-readable, or JSON with --log-json. Names are escaped by the callers. */
 function makeLogger(json: boolean, quiet: boolean) {
   return (level: Level, fields: Record<string, unknown>, text: string) => {
-    if (quiet && level === "info" && fields.event !== "listening") return;
+    if (quiet && level === "info" && fields.event !== "listening" && fields.event !== "http") return;
     const time = new Date().toISOString();
     if (json) out(JSON.stringify({ time, level, ...fields }));
     else out(`${time} ${level === "info" ? "" : level.toUpperCase() + " "}${text}`);

@@ -44,7 +44,10 @@ export interface SendOptions {
   chunkSize?: number;
   /** FILE headers sent ahead of the file being streamed. Default 32. */
   window?: number;
-  /** Reconnect attempts after a drop; 0 disables resume. Default 8. */
+  /**
+   * Reconnect attempts in a row that make no progress (no higher resume offset, receipt or ack)
+   * before giving up; 0 disables resume. Default 8.
+   */
   retries?: number;
   /** First backoff delay. Default 250 ms; doubles up to `backoffMaxMs`, with jitter. */
   backoffBaseMs?: number;
@@ -107,7 +110,7 @@ export type SendEvent =
   | { type: "done"; receipt: SendReceipt }
   | { type: "error"; name: string; code: string; message: string }
   | { type: "message"; index: number }
-  | { type: "reconnect"; attempt: number; delayMs: number; reason: string }
+  | { type: "reconnect"; attempt: number; delayMs: number; reason: string; code: string; bytesSent: number }
   | { type: "rtt"; ms: number };
 
 /** Remote per-file codes that are worth another try after a reconnect. */
@@ -144,6 +147,8 @@ interface FileJob {
   file?: LocalFile;
   done: boolean;
   sent: number;
+  /** Highest offset the receiver confirmed holding (from ACCEPT): the proof of durable progress. */
+  accepted: number;
 }
 
 /** The answer to a FILE frame on one connection. */
@@ -173,7 +178,7 @@ export async function send(
   const to = typeof target === "string" ? parseTarget(target) : target;
   const emit = options.onEvent ?? (() => {});
   const expanded = await expandItems(items);
-  const jobs: FileJob[] = expanded.map((item) => ({ item, done: false, sent: 0 }));
+  const jobs: FileJob[] = expanded.map((item) => ({ item, done: false, sent: 0, accepted: 0 }));
   const messages = (options.messages ?? []).map((text) => ({ text, acked: false }));
   const result: SendResult = { receipts: [], failures: [], messagesAcked: 0, bytesSent: 0, reconnects: 0 };
   const retries = options.retries ?? 8;
@@ -201,10 +206,16 @@ export async function send(
     totalSent: () => jobs.reduce((n, j) => n + (j.file ? Math.min(j.sent, j.file.size) : 0), 0),
   };
 
+  // Grows only when the receiver confirms something new: a higher resume offset, a receipt, an ack.
+  const progressMark = () =>
+    jobs.reduce((n, j) => n + j.accepted, 0) + result.receipts.length + result.failures.length +
+    result.messagesAcked;
+
   for (let attempt = 0;; attempt++) {
     if (jobs.every((j) => j.done) && messages.every((m) => m.acked)) break;
     options.signal?.throwIfAborted();
     let conn: Connection | undefined;
+    const markBefore = progressMark();
     try {
       conn = await connectWithTimeout(runtime, to, options);
       const session = new ClientSession(conn, options, emit, result, fail, progress);
@@ -216,6 +227,9 @@ export async function send(
       conn?.close();
       const error = toConnectionError(e);
       if (FATAL_CONNECTION_CODES.has(error.code) || options.signal?.aborted) throw error;
+      // `retries` bounds consecutive fruitless attempts: a connection that moved the transfer on
+      // starts a fresh series, so a long transfer over a flaky link is not abandoned.
+      if (progressMark() > markBefore) attempt = 0;
       if (attempt + 1 > retries) {
         throw new FerryError(
           "CONNECTION_FAILED",
@@ -224,7 +238,14 @@ export async function send(
         );
       }
       const delayMs = backoffDelay(attempt, options.backoffBaseMs ?? 250, options.backoffMaxMs ?? 10_000);
-      emit({ type: "reconnect", attempt: attempt + 1, delayMs, reason: error.message });
+      emit({
+        type: "reconnect",
+        attempt: attempt + 1,
+        delayMs,
+        reason: error.message,
+        code: error.code,
+        bytesSent: result.bytesSent,
+      });
       result.reconnects++;
       await sleep(delayMs, options.signal);
       // A source that changed while we were away is re-hashed, so old and new bytes are never spliced.
@@ -232,6 +253,7 @@ export async function send(
         if (!job.done && job.file && await fileChanged(job.file)) {
           try {
             job.file = await describeFile(job.item);
+            job.accepted = 0;
           } catch (err) {
             fail(job, err instanceof FerryError ? err : new FerryError("IO_ERROR", String(err)));
           }
@@ -452,17 +474,29 @@ class ClientSession {
     );
     job.sent = offset;
     const handle = await open(file.path, "r");
+    // The next chunk is read while the current one is sent, so disk and socket work overlap.
+    const readAt = (at: number): Promise<Uint8Array> => {
+      // A fresh buffer each time: the socket may still hold the previous one.
+      const buffer = new Uint8Array(Math.min(chunkSize, file.size - at));
+      const reading = handle.read(buffer, 0, buffer.length, at).then(({ bytesRead }) =>
+        buffer.subarray(0, bytesRead)
+      );
+      reading.catch(() => {}); // awaited in the loop; must not count as unhandled meanwhile
+      return reading;
+    };
+    let next = offset < file.size ? readAt(offset) : undefined;
     try {
       let position = offset;
       let lastEmit = 0;
-      while (position < file.size) {
-        // A fresh buffer each time: the socket may still hold the previous one.
-        const buffer = new Uint8Array(Math.min(chunkSize, file.size - position));
-        const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+      // A refusal mid-file (DISK_FULL, …) marks the job done: stop sending bytes the server drops.
+      while (next && !job.done) {
+        const chunk = await next;
+        const bytesRead = chunk.length;
         if (bytesRead === 0) {
           throw new FerryError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
         }
-        await this.#channel.sendData(id, position, buffer.subarray(0, bytesRead));
+        next = position + bytesRead < file.size ? readAt(position + bytesRead) : undefined;
+        await this.#channel.sendData(id, position, chunk);
         position += bytesRead;
         job.sent = position;
         this.#result.bytesSent += bytesRead;
@@ -480,9 +514,10 @@ class ClientSession {
         }
       }
     } finally {
+      await next?.catch(() => {});
       await handle.close();
     }
-    await this.#channel.send({ kind: "end", id });
+    if (!job.done) await this.#channel.send({ kind: "end", id });
   }
 
   async #readLoop(): Promise<void> {
@@ -503,6 +538,7 @@ class ClientSession {
     switch (m.kind) {
       case "accept": {
         const entry = this.#answers.get(m.id);
+        if (entry && m.offset > entry.job.accepted) entry.job.accepted = m.offset;
         entry?.answer.resolve({ kind: "accept", offset: m.offset });
         return;
       }

@@ -12,6 +12,7 @@ import { Heartbeat } from "../protocol/heartbeat.ts";
 import { fromHex, type Message, toHex } from "../protocol/messages.ts";
 import type { Connection } from "../runtime/transport.ts";
 import type { FileHeader, Inbox, Receipt, Upload } from "../store/inbox.ts";
+import { ImageSniffer } from "../images/inspect.ts";
 import type { AuthGate } from "./auth.ts";
 import type { ResolvedServerOptions, ServerEvents } from "./server.ts";
 
@@ -35,10 +36,14 @@ export interface ConnectionInfo {
 interface OpenUpload {
   upload: Upload;
   header: FileHeader;
+  /** Looks at the first bytes to refuse a bad image before its body is stored. */
+  sniffer: ImageSniffer;
 }
 
 /** How long a refused or failed connection may take to read our ERROR before we cut it. */
 const LINGER_MS = 2_000;
+/** Files whose END was read and that are being finished (fsync, place, RECEIPT) while later frames are read. */
+const MAX_FINISHING = 4;
 
 /** Server side of one connection. */
 export class Session {
@@ -64,8 +69,14 @@ export class Session {
   #filesReceived = 0;
   #current?: OpenUpload;
   #closing = false;
+  /** Why we closed the connection (PEER_DEAD, IDLE_TIMEOUT, …), for the disconnect event. */
+  #failure?: FerryError;
   #drainWaiters: Array<() => void> = [];
   #done?: Promise<void>;
+  /** Ids past END whose finish runs in the background; frames for them count as for unknown files. */
+  #finishing = new Set<number>();
+  /** Background finishes, chained so they complete (and place files) in END order. */
+  #finishTail: Promise<void> = Promise.resolve();
 
   constructor(
     id: number,
@@ -158,9 +169,10 @@ export class Session {
       this.#state = "closing";
       this.#heartbeat?.stop();
       clearTimeout(this.#deadline);
+      await this.#finishTail;
       await this.#suspendAll();
       this.#conn.close();
-      this.#events.emit("disconnect", { ...this.info(), reason });
+      this.#events.emit("disconnect", { ...this.info(), reason: reason ?? this.#failure });
     }
   }
 
@@ -279,14 +291,21 @@ export class Session {
   async #onFile(id: number, header: FileHeader): Promise<void> {
     this.#failed.delete(id);
     if (id === 0 || this.#uploads.has(id)) {
-      return this.#fileError(
-        id,
-        header.name,
-        new FerryError("BAD_HEADER", `File id ${id} is zero or in use`),
-      );
+      // A per-file error could not say which file it means: fail the connection.
+      throw new ProtocolError("BAD_HEADER", `File id ${id} is zero or already in use`);
     }
     if (this.#closing) {
       return this.#fileError(id, header.name, new FerryError("SHUTTING_DOWN", "Server is shutting down"));
+    }
+    if (this.#uploads.size >= this.#o.maxOpenFiles) {
+      return this.#fileError(
+        id,
+        header.name,
+        new FerryError(
+          "SERVER_BUSY",
+          `Cannot accept file: ${this.#o.maxOpenFiles} files already open on this connection`,
+        ),
+      );
     }
     let begun;
     try {
@@ -299,7 +318,9 @@ export class Session {
       await this.#sendReceipt(id, begun.receipt, ReceiptFlag.DUPLICATE);
       return;
     }
-    const open = { upload: begun.upload, header };
+    const policy = { imagesOnly: this.#o.imagesOnly, maxPixels: this.#o.maxPixels };
+    const sniffer = new ImageSniffer(begun.upload.name, header.size, policy, begun.upload.offset);
+    const open = { upload: begun.upload, header, sniffer };
     this.#uploads.set(id, open);
     this.#current = open;
     this.#state = "receiving";
@@ -308,7 +329,7 @@ export class Session {
 
   async #onData(id: number, offset: number, bytes: Uint8Array): Promise<void> {
     if (this.#failed.has(id)) return;
-    const open = this.#uploads.get(id);
+    const open = this.#finishing.has(id) ? undefined : this.#uploads.get(id);
     if (!open) {
       return this.#fileError(
         id,
@@ -318,6 +339,7 @@ export class Session {
     }
     this.#current = open;
     try {
+      if (!open.sniffer.done) await open.sniffer.push(bytes, offset);
       await open.upload.write(bytes, offset);
     } catch (e) {
       this.#forget(id);
@@ -328,7 +350,7 @@ export class Session {
 
   async #onEnd(id: number): Promise<void> {
     if (this.#failed.has(id)) return;
-    const open = this.#uploads.get(id);
+    const open = this.#finishing.has(id) ? undefined : this.#uploads.get(id);
     if (!open) {
       return this.#fileError(
         id,
@@ -336,15 +358,31 @@ export class Session {
         new FerryError("UNKNOWN_FILE", `END for file id ${id}, which is not open`),
       );
     }
-    this.#forget(id);
+    // Finished in the background, so the next file's frames are read while this one's fsyncs run.
+    this.#finishing.add(id);
+    const finishing = this.#finishTail.then(() => this.#finish(id, open));
+    this.#finishTail = finishing.catch((e) => {
+      if (!this.#closing) this.#fail(asFerryError(e)).catch(() => {});
+    });
+    if (this.#finishing.size > MAX_FINISHING) await this.#finishTail;
+  }
+
+  async #finish(id: number, open: OpenUpload): Promise<void> {
+    // Forgotten only once the RECEIPT is out (queued on the socket): a graceful shutdown waits for it.
     let receipt: Receipt;
     try {
       receipt = await open.upload.finish();
     } catch (e) {
+      this.#finishing.delete(id);
+      this.#forget(id);
       return this.#fileError(id, open.header.name, asFerryError(e));
     }
     this.#filesReceived++;
-    await this.#sendReceipt(id, receipt, 0);
+    const sending = this.#sendReceipt(id, receipt, 0);
+    // The RECEIPT is queued now: the client may reuse the id as soon as it reads it.
+    this.#finishing.delete(id);
+    this.#forget(id);
+    await sending;
   }
 
   async #onMessage(id: number, text: string): Promise<void> {
@@ -384,6 +422,8 @@ export class Session {
   }
 
   async #fileError(id: number, name: string, error: FerryError): Promise<void> {
+    // On the wire id 0 means the whole connection: raise it as such (and close).
+    if (id === 0) throw error;
     this.#failed.add(id);
     this.#events.emit("fileError", { connection: this.info(), name, error });
     await this.#channel.send({
@@ -410,7 +450,11 @@ export class Session {
     const open = [...this.#uploads.values()];
     this.#uploads.clear();
     this.#current = undefined;
-    await Promise.all(open.map((u) => u.upload.suspend().catch(() => {})));
+    // An upload with no bytes has nothing to resume; keeping it would let a client
+    // litter the inbox with empty partials by opening FILEs and leaving.
+    await Promise.all(
+      open.map((u) => (u.upload.received === 0 ? u.upload.discard() : u.upload.suspend()).catch(() => {})),
+    );
     for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 
@@ -421,7 +465,14 @@ export class Session {
   async #fail(error: FerryError): Promise<void> {
     if (this.#closing) return;
     this.#closing = true;
+    this.#failure = error;
     this.#state = "closing";
+    // Release open uploads now (fsynced, resumable): a peer declared dead may already be
+    // reconnecting, and must not get FILE_BUSY for the whole linger.
+    const suspended = this.#suspendAll();
+    // Armed before writing: a peer that stopped reading must not hold the slot open forever.
+    const linger = setTimeout(() => this.#conn.close(), LINGER_MS);
+    this.#conn.closed.then(() => clearTimeout(linger));
     try {
       await this.#channel.send({
         kind: "error",
@@ -434,8 +485,7 @@ export class Session {
     } catch {
       // The peer may already be gone; closing is all that is left.
     }
-    const linger = setTimeout(() => this.#conn.close(), LINGER_MS);
-    this.#conn.closed.then(() => clearTimeout(linger));
+    await suspended;
   }
 
   #countBytes(n: number): void {
