@@ -58,24 +58,37 @@ export interface ServerProcess {
   host: string;
   /** Everything it printed on stdout so far. */
   output(): string;
+  /** Everything it printed on stderr so far. */
+  errorOutput(): string;
   /** Resolves with the first stdout line matching `re` (waits for it). */
   waitForLine(re: RegExp, timeoutMs?: number): Promise<string>;
   /** Sends a signal and waits for exit; returns the exit code (or signal). */
   stop(signal?: NodeJS.Signals): Promise<number | string>;
+  /** Sends a signal without waiting. */
+  kill(signal: NodeJS.Signals): void;
   exited: Promise<number | string>;
 }
 
 /**
  * Starts `server.ts` on `runtime` with `--port 0 --log-json` and waits for its
- * listening line.
+ * listening line. `logJson: false` leaves out `--log-json` (human-readable log);
+ * `command` runs another argv instead of the script (e.g. `[binary, "serve"]`).
  */
 export async function startServer(
   runtime: RuntimeName,
   args: string[],
-  options: { env?: Record<string, string>; denoPermissions?: string[]; script?: string } = {},
+  options: {
+    env?: Record<string, string>;
+    denoPermissions?: string[];
+    script?: string;
+    logJson?: boolean;
+    command?: string[];
+  } = {},
 ): Promise<ServerProcess> {
-  const [cmd, ...rest] = scriptCommand(runtime, options.script ?? "server.ts", options.denoPermissions);
-  const child = spawn(cmd, [...rest, "--port", "0", "--log-json", ...args], {
+  const [cmd, ...rest] = options.command ??
+    scriptCommand(runtime, options.script ?? "server.ts", options.denoPermissions);
+  const logJson = options.logJson ?? true;
+  const child = spawn(cmd, [...rest, "--port", "0", ...(logJson ? ["--log-json"] : []), ...args], {
     env: { ...process.env, NO_COLOR: "1", ...options.env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -117,19 +130,44 @@ export async function startServer(
         reject(new Error(`Server exited (${code}) before printing ${re}:\n${stdout}\n${stderr}`));
       });
     });
-  const listening = JSON.parse(await waitForLine(/"event":"listening"/));
+  const listening = logJson
+    ? JSON.parse(await waitForLine(/"event":"listening"/))
+    : parseListeningLine(await waitForLine(/ listening on /));
   return {
     child,
     port: listening.port,
     host: listening.host,
     output: () => stdout,
+    errorOutput: () => stderr,
     waitForLine,
     exited,
+    kill: (signal: NodeJS.Signals) => signalChild(child, signal),
     async stop(signal: NodeJS.Signals = "SIGTERM") {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      signalChild(child, signal);
       return await exited;
     },
   };
+}
+
+/**
+ * Signals a child that is still running. process.kill, not child.kill: Deno's
+ * child.kill makes a later clean exit (code 0 after a handled SIGTERM) report
+ * as killed by that signal.
+ */
+function signalChild(child: ChildProcess, signal: NodeJS.Signals): void {
+  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+  try {
+    process.kill(child.pid, signal);
+  } catch {
+    // Exited in the meantime.
+  }
+}
+
+/** Host and port from the human-readable "listening on [::1]:9000, inbox …" line. */
+function parseListeningLine(line: string): { host: string; port: number } {
+  const m = / listening on (\[[^\]]+\]|[^\s:]+):(\d+)/.exec(line);
+  if (!m) throw new Error(`Cannot parse listening line: ${line}`);
+  return { host: m[1].replace(/^\[|\]$/g, ""), port: Number(m[2]) };
 }
 
 /** The result of a finished process. */
@@ -186,5 +224,6 @@ export function runSender(
   server: { host: string; port: number },
   options: { env?: Record<string, string>; cwd?: string; timeoutMs?: number } = {},
 ): Promise<RunResult> {
-  return runScript(runtime, "send.ts", [...args, `${server.host}:${server.port}`], options);
+  const host = server.host.includes(":") ? `[${server.host}]` : server.host;
+  return runScript(runtime, "send.ts", [...args, `${host}:${server.port}`], options);
 }
