@@ -11,6 +11,8 @@ import { nodeNetRuntime } from "../runtime/node_net.ts";
 import type { Listener, Runtime, TlsServerOptions } from "../runtime/transport.ts";
 import { type CollisionPolicy, Inbox, type Receipt } from "../store/inbox.ts";
 import { AuthGate } from "./auth.ts";
+import { type DashboardHandle, type DashboardOptions, startDashboard } from "../http/dashboard.ts";
+import { DEFAULT_MAX_PIXELS, inspectFile } from "../images/inspect.ts";
 import { type ConnectionInfo, Session } from "./session.ts";
 
 /** Default TCP port. */
@@ -46,6 +48,8 @@ export interface ServerOptions {
   partialTtlMs?: number;
   /** Largest text message in bytes. Default 64 KiB. */
   maxMessageBytes?: number;
+  /** Files open at once on one connection (each holds a file handle); more get SERVER_BUSY for that file. Default 64. */
+  maxOpenFiles?: number;
   /** Heartbeat PING interval. Default 5 s. */
   heartbeatIntervalMs?: number;
   /** Intervals of silence before a peer is declared dead. Default 3. */
@@ -62,6 +66,12 @@ export interface ServerOptions {
   syncEveryBytes?: number;
   /** The socket runtime; defaults to node:net, which Deno and Bun both provide. */
   runtime?: Runtime;
+  /** Refuse files whose content is not an image (`NOT_AN_IMAGE`, or `TYPE_MISMATCH` if named as one). Default false. */
+  imagesOnly?: boolean;
+  /** Refuse images that declare more pixels, from their header, before the body is stored. Default 100 000 000; 0 = no limit. */
+  maxPixels?: number;
+  /** Also serve the live web dashboard over HTTP (see src/http/dashboard.ts). */
+  http?: DashboardOptions;
 }
 
 /** Events a running server reports. The CLI turns them into log lines. */
@@ -80,6 +90,8 @@ export interface ServerHandle {
   readonly hostname: string;
   readonly port: number;
   readonly inbox: Inbox;
+  /** The web dashboard, when `http` was given. */
+  readonly http?: DashboardHandle;
   /** Live connection table. */
   connections(): ConnectionInfo[];
   /** Subscribe to events; returns an unsubscribe function. */
@@ -92,7 +104,7 @@ export interface ServerHandle {
 }
 
 /** Options after defaults are applied. */
-export type ResolvedServerOptions = Required<Omit<ServerOptions, "token" | "tls" | "runtime">> & {
+export type ResolvedServerOptions = Required<Omit<ServerOptions, "token" | "tls" | "runtime" | "http">> & {
   token?: string;
   tls?: TlsServerOptions;
 };
@@ -112,6 +124,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
     onCollision: options.onCollision ?? "rename",
     partialTtlMs: options.partialTtlMs ?? 24 * 3600_000,
     maxMessageBytes: options.maxMessageBytes ?? 64 * 1024,
+    maxOpenFiles: options.maxOpenFiles ?? 64,
     heartbeatIntervalMs: options.heartbeatIntervalMs ?? 5_000,
     heartbeatMisses: options.heartbeatMisses ?? 3,
     token: options.token,
@@ -119,6 +132,8 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
     tls: options.tls,
     graceMs: options.graceMs ?? 10_000,
     syncEveryBytes: options.syncEveryBytes ?? 8 * 1024 * 1024,
+    imagesOnly: options.imagesOnly ?? false,
+    maxPixels: options.maxPixels ?? DEFAULT_MAX_PIXELS,
   };
   if (typeof o.dir !== "string" || o.dir === "") throw new TypeError("Cannot serve: dir is required");
   if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) {
@@ -136,6 +151,8 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
       "handshakeTimeoutMs",
       "idleTimeoutMs",
       "maxMessageBytes",
+      "maxOpenFiles",
+      "maxAuthFailuresPerMinute",
       "heartbeatIntervalMs",
       "heartbeatMisses",
       "syncEveryBytes",
@@ -145,7 +162,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
       throw new RangeError(`Cannot serve: ${key} must be positive`);
     }
   }
-  for (const key of ["maxFileSize", "minFreeBytes", "partialTtlMs", "graceMs"] as const) {
+  for (const key of ["maxFileSize", "minFreeBytes", "partialTtlMs", "graceMs", "maxPixels"] as const) {
     if (!(Number.isFinite(o[key]) && o[key] >= 0)) {
       throw new RangeError(`Cannot serve: ${key} must not be negative`);
     }
@@ -174,6 +191,9 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
     partialTtlMs: o.partialTtlMs,
     minFreeBytes: o.minFreeBytes,
     maxFileSize: o.maxFileSize,
+    // Full image check of the complete file, before it is placed; the session checks the head earlier.
+    inspect: (tempPath, header) =>
+      inspectFile(tempPath, header.name, { imagesOnly: o.imagesOnly, maxPixels: o.maxPixels }),
     syncEveryBytes: o.syncEveryBytes,
   });
   const events = new Emitter<ServerEvents>();
@@ -222,16 +242,21 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
     },
   );
 
-  return {
+  let dashboard: DashboardHandle | undefined;
+  const handle: ServerHandle = {
     hostname: listener.hostname,
     port: listener.port,
     inbox,
+    get http() {
+      return dashboard;
+    },
     connections: () => [...sessions].map((s) => s.info()),
     on: (type, fn) => events.on(type, fn),
     async close(closeOptions) {
       if (draining) return;
       draining = true;
       clearInterval(sweepTimer);
+      await dashboard?.close();
       await listener.close();
       const graceMs = closeOptions?.graceMs ?? o.graceMs;
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -241,4 +266,13 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
       await Promise.all([...sessions].map((s) => s.shutdown()));
     },
   };
+  if (options.http) {
+    try {
+      dashboard = await startDashboard(handle, options.http);
+    } catch (e) {
+      await handle.close({ graceMs: 0 });
+      throw e;
+    }
+  }
+  return handle;
 }
