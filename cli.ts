@@ -18,7 +18,8 @@ else if (command === "--version" || command === "-V") {
   console.log(`ferry ${VERSION}`);
   code = ExitCode.OK;
 } else {
-  const help = `ferry ${VERSION}\n\nUsage:\n  ferry serve [options]   (see ferry serve --help)\n  ferry send [options] FILE... HOST:PORT   (see ferry send --help)\n`;
+  const help =
+    `ferry ${VERSION}\n\nUsage:\n  ferry serve [options]   (see ferry serve --help)\n  ferry send [options] FILE... HOST:PORT   (see ferry send --help)\n`;
   if (command === "--help" || command === "-h" || command === "help") {
     console.log(help + "\n" + SERVE_HELP + "\n" + SEND_HELP);
     code = ExitCode.OK;

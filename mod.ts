@@ -31,7 +31,18 @@ export type { SendEvent, SendFailure, SendOptions, SendReceipt, SendResult } fro
 export type { SendItem } from "./src/client/files.ts";
 export { formatTarget, parseTarget } from "./src/client/target.ts";
 export type { SendTarget } from "./src/client/target.ts";
-export type { CollisionPolicy, Receipt } from "./src/store/inbox.ts";
+export type { CollisionPolicy, Receipt, ReceiptImage, StoredMessage } from "./src/store/inbox.ts";
+export type { DashboardHandle, DashboardOptions, FileEntry } from "./src/http/dashboard.ts";
+export {
+  DEFAULT_MAX_PIXELS,
+  detectFormat,
+  formatFromName,
+  type ImageFormat,
+  type ImageMeta,
+  type ImagePolicy,
+  inspectBytes,
+  inspectFile,
+} from "./src/images/mod.ts";
 export { ERROR_CODES, FerryError, ProtocolError, RemoteError } from "./src/errors.ts";
 export type { ErrorCode } from "./src/errors.ts";
 export * from "./src/framing/mod.ts";

@@ -52,6 +52,30 @@ export interface InboxOptions {
   minFreeBytes?: number;
   /** Default 0 = unlimited; larger files are refused with `FILE_TOO_LARGE`. */
   maxFileSize?: number;
+  /**
+   * Checks a complete, hash-verified file before it is placed: returns image
+   * metadata for the receipt, undefined for a plain file, or throws a
+   * `FerryError` to refuse it (the partial is then deleted).
+   */
+  inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
+}
+
+/**
+ * What a receipt records about an image, from its content.
+ *
+ * @example
+ * ```ts
+ * import type { ReceiptImage } from "./inbox.ts";
+ * const image: ReceiptImage = { format: "jpeg", width: 4032, height: 3024, takenAt: "2024-05-01T12:34:56" };
+ * ```
+ */
+export interface ReceiptImage {
+  /** `"jpeg"`, `"png"`, `"gif"`, `"webp"`, `"avif"` or `"heic"`. */
+  format: string;
+  width: number;
+  height: number;
+  /** EXIF DateTimeOriginal, ISO 8601 local time with the offset when known. */
+  takenAt?: string;
 }
 
 /**
@@ -106,8 +130,25 @@ export interface Receipt {
   sender: string;
   /** ISO 8601 time the file was committed. */
   receivedAt: string;
+  /** Set when the content is an image. */
+  image?: ReceiptImage;
   /** Set on the copy returned for a duplicate upload; never written to disk. */
   duplicate?: boolean;
+}
+
+/**
+ * A text message as stored in `.ferry/messages.ndjson`.
+ *
+ * @example
+ * ```ts
+ * import type { StoredMessage } from "./inbox.ts";
+ * const m: StoredMessage = { receivedAt: "2024-05-01T12:00:00.000Z", sender: "192.0.2.1:50000", text: "hi" };
+ * ```
+ */
+export interface StoredMessage {
+  receivedAt: string;
+  sender: string;
+  text: string;
 }
 
 /**
@@ -175,7 +216,7 @@ export class Inbox {
   /** Absolute path of the inbox directory. */
   readonly dir: string;
   readonly #realDir: string;
-  readonly #opts: Required<Omit<InboxOptions, "dir">>;
+  readonly #opts: Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect">;
   readonly #partialDir: string;
   readonly #receiptsPath: string;
   readonly #messagesPath: string;
@@ -187,7 +228,11 @@ export class Inbox {
   /** Serialises appends to the ndjson files. */
   #appendTail: Promise<unknown> = Promise.resolve();
 
-  private constructor(dir: string, realDir: string, opts: Required<Omit<InboxOptions, "dir">>) {
+  private constructor(
+    dir: string,
+    realDir: string,
+    opts: Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect">,
+  ) {
     this.dir = dir;
     this.#realDir = realDir;
     this.#opts = opts;
@@ -247,6 +292,56 @@ export class Inbox {
    */
   receipts(): readonly Receipt[] {
     return this.#receipts.slice();
+  }
+
+  /**
+   * The latest receipt for a stored name: what is on disk under that name
+   * now, if ferry put it there.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * inbox.receipt("photo (1).jpg")?.sha256;
+   * ```
+   */
+  receipt(storedName: string): Receipt | undefined {
+    return this.#byStored.get(storedName);
+  }
+
+  /**
+   * The last `limit` messages from `.ferry/messages.ndjson`, oldest first,
+   * read from the end of the file (lines that do not parse are skipped).
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * for (const m of await inbox.recentMessages(20)) console.log(m.receivedAt, m.sender, m.text);
+   * ```
+   */
+  async recentMessages(limit: number): Promise<StoredMessage[]> {
+    if (!Number.isSafeInteger(limit) || limit < 0) {
+      throw new RangeError(`Cannot read messages: limit ${limit} is not a non-negative integer`);
+    }
+    let lines: string[];
+    try {
+      lines = await tailLines(this.#messagesPath, limit);
+    } catch (e) {
+      throw ioError("read messages", e);
+    }
+    const out: StoredMessage[] = [];
+    for (const line of lines) {
+      try {
+        const m = JSON.parse(line) as Record<string, unknown>;
+        if (typeof m.receivedAt === "string" && typeof m.sender === "string" && typeof m.text === "string") {
+          out.push({ receivedAt: m.receivedAt, sender: m.sender, text: m.text });
+        }
+      } catch {
+        // a torn or foreign line: skip it
+      }
+    }
+    return out;
   }
 
   /**
@@ -366,10 +461,14 @@ export class Inbox {
         partPath,
         sidecarPath,
         release: () => busyKeys.delete(lock),
-        commit: (temp, header) => this.#commit(temp, header),
+        commit: (temp, header, image) => this.#commit(temp, header, image),
+        inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
       });
-      await writeSidecar(sidecarPath, sidecarFor(h, offset));
+      // A fresh upload has nothing durable yet: its sidecar is first written at a checkpoint or
+      // suspend (a crash before that leaves a sidecar-less partial, which open() sweeps). Saves an
+      // fsync per file.
+      if (offset > 0) await writeSidecar(sidecarPath, sidecarFor(h, offset));
       return { kind: "upload", upload };
     } catch (e) {
       await handle?.close().catch(() => {});
@@ -379,7 +478,7 @@ export class Inbox {
   }
 
   /** Places a verified temp file under its final name; called through {@linkcode Upload.finish}. */
-  async #commit(temp: string, header: FileHeader): Promise<Receipt> {
+  async #commit(temp: string, header: FileHeader, image?: ReceiptImage): Promise<Receipt> {
     const name = header.name;
     const shownName = escapeForDisplay(name);
     const parent = await this.#safeParent(name, true);
@@ -427,6 +526,7 @@ export class Inbox {
       sender: header.sender,
       receivedAt: new Date().toISOString(),
     };
+    if (image) receipt.image = Object.freeze({ ...image });
     await this.#append(this.#receiptsPath, JSON.stringify(receipt) + "\n");
     this.#index(receipt);
     return { ...receipt };
@@ -594,7 +694,8 @@ interface UploadInit {
   partPath: string;
   sidecarPath: string;
   release: () => void;
-  commit: (temp: string, header: FileHeader) => Promise<Receipt>;
+  commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
+  inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   syncEveryBytes: number;
 }
 
@@ -632,10 +733,11 @@ export class Upload {
   readonly size: number;
   /** The validated (NFC) requested name. */
   readonly name: string;
-  readonly #commit: (temp: string, header: FileHeader) => Promise<Receipt>;
+  readonly #commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
+  readonly #inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   readonly #header: FileHeader;
   readonly #handle: fs.FileHandle;
-  readonly #hash: Hash;
+  #hash: Hash;
   readonly #partPath: string;
   readonly #sidecarPath: string;
   readonly #release: () => void;
@@ -648,6 +750,7 @@ export class Upload {
   /** Internal: use {@linkcode Inbox.begin}. */
   constructor(init: UploadInit) {
     this.#commit = init.commit;
+    this.#inspect = init.inspect;
     this.#header = init.header;
     this.#handle = init.handle;
     this.#hash = init.hash;
@@ -696,14 +799,18 @@ export class Upload {
             `size ${this.size}`,
         );
       }
+      // Hash while the write runs off the main thread; a failed write rolls the hash back.
+      const before = this.#hash.copy();
+      const writing = writeAll(this.#handle, bytes, this.#received);
+      this.#hash.update(bytes);
       try {
-        await writeAll(this.#handle, bytes, this.#received);
+        await writing;
       } catch (e) {
+        this.#hash = before;
         const err = ioError(`write "${this.#shown()}"`, e);
         if (err.code === "DISK_FULL") await this.#discard();
         throw err;
       }
-      this.#hash.update(bytes);
       this.#received += bytes.length;
       this.#unsynced += bytes.length;
       if (this.#unsynced >= this.#syncEveryBytes) await this.#checkpoint();
@@ -740,13 +847,18 @@ export class Upload {
         );
       }
       try {
-        if (this.#header.mtimeMs > 0) {
-          await this.#handle.utimes(new Date(), new Date(this.#header.mtimeMs));
+        // A refusal (e.g. CORRUPT_IMAGE) lands in the catch below, which deletes the partial.
+        const image = await this.#inspect?.(this.#partPath, this.#header);
+        // Without a time from the sender, a photo's EXIF DateTimeOriginal is the next best.
+        const taken = image?.takenAt ? Date.parse(image.takenAt) : NaN;
+        const mtimeMs = this.#header.mtimeMs > 0 ? this.#header.mtimeMs : taken > 0 ? taken : 0;
+        if (mtimeMs > 0) {
+          await this.#handle.utimes(new Date(), new Date(mtimeMs));
         }
         await this.#handle.sync();
         this.#closed = true;
         await this.#handle.close();
-        const receipt = await this.#commit(this.#partPath, this.#header);
+        const receipt = await this.#commit(this.#partPath, this.#header, image);
         await rmForce(this.#sidecarPath);
         this.#release();
         return receipt;
@@ -838,7 +950,9 @@ export class Upload {
   }
 }
 
-function checkOptions(o: InboxOptions): Required<Omit<InboxOptions, "dir">> {
+function checkOptions(
+  o: InboxOptions,
+): Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect"> {
   if (typeof o?.dir !== "string" || o.dir === "") {
     throw new FerryError("INTERNAL", "Cannot open inbox: dir must be a non-empty string");
   }
@@ -853,12 +967,16 @@ function checkOptions(o: InboxOptions): Required<Omit<InboxOptions, "dir">> {
     }
     return v;
   };
+  if (o.inspect !== undefined && typeof o.inspect !== "function") {
+    throw new FerryError("INTERNAL", "Cannot open inbox: inspect must be a function");
+  }
   return {
     onCollision,
     partialTtlMs: num("partialTtlMs"),
     syncEveryBytes: Math.max(1, num("syncEveryBytes")),
     minFreeBytes: num("minFreeBytes"),
     maxFileSize: num("maxFileSize"),
+    inspect: o.inspect,
   };
 }
 
@@ -911,7 +1029,19 @@ function checkReceipt(v: unknown): Receipt | undefined {
     mime: r.mime as string,
     sender: r.sender as string,
     receivedAt: r.receivedAt as string,
+    ...(checkImage(r.image) ? { image: checkImage(r.image) } : {}),
   };
+}
+
+function checkImage(v: unknown): ReceiptImage | undefined {
+  if (typeof v !== "object" || v === null) return undefined;
+  const i = v as Record<string, unknown>;
+  if (typeof i.format !== "string" || !Number.isSafeInteger(i.width) || !Number.isSafeInteger(i.height)) {
+    return undefined;
+  }
+  const image: ReceiptImage = { format: i.format, width: i.width as number, height: i.height as number };
+  if (typeof i.takenAt === "string") image.takenAt = i.takenAt;
+  return Object.freeze(image);
 }
 
 /** sha256 hex of `name\0size\0sha256\0mtimeMs`: a changed file gets a new partial. */
@@ -1036,6 +1166,47 @@ async function writeAll(fh: fs.FileHandle, bytes: Uint8Array, position: number):
     if (bytesWritten <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
     done += bytesWritten;
   }
+}
+
+/** The last `limit` complete lines of a file (none if it does not exist), oldest first. */
+async function tailLines(file: string, limit: number): Promise<string[]> {
+  if (limit === 0) return [];
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(file, "r");
+  } catch (e) {
+    if (errno(e) === "ENOENT") return [];
+    throw e;
+  }
+  try {
+    const chunks: Uint8Array[] = [];
+    let end = (await fh.stat()).size;
+    let newlines = 0;
+    // Read backwards until limit + 1 newlines are in hand (the extra one bounds the first line).
+    while (end > 0 && newlines <= limit) {
+      const start = Math.max(0, end - TAIL_SCAN_CHUNK);
+      const buf = new Uint8Array(end - start);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, start);
+      const got = buf.subarray(0, bytesRead);
+      for (let i = got.indexOf(0x0a); i !== -1; i = got.indexOf(0x0a, i + 1)) newlines++;
+      chunks.unshift(got);
+      end = start;
+    }
+    const text = new TextDecoder().decode(concatBytes(chunks));
+    return text.split("\n").filter((l) => l.trim() !== "").slice(-limit);
+  } finally {
+    await fh.close();
+  }
+}
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Drops a last line torn by a crash, so the next append starts on a fresh line. */
