@@ -52,7 +52,7 @@ Exit codes:
   1  internal error
   2  usage error
   3  connection failure (could not connect, or lost for good)
-  4  refused by the server (auth, name, size, policy, …)
+  4  refused: by the server (auth, name, size, policy, …), or a local file cannot be read
   5  integrity failure (hash or size mismatch)
 
 Examples:
