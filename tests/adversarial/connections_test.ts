@@ -29,8 +29,8 @@ function countDisconnects(
   return { count: () => n, off };
 }
 
-const FLOOD = 1_000;
-const FLOOD_ADMITTED = 200;
+const FLOOD = 5_000;
+const FLOOD_ADMITTED = 500;
 // Client and server sockets share this process: two descriptors per connection, plus headroom.
 const limit = await openFileLimit();
 const floodSkip = limit !== undefined && limit < FLOOD * 2 + 500
@@ -70,7 +70,13 @@ describe("adversarial: connections", () => {
     { timeout: 30_000, skip: floodSkip },
     async () => {
       await withServer(
-        { maxConnections: FLOOD_ADMITTED, idleTimeoutMs: 2_000, handshakeTimeoutMs: 10_000 },
+        {
+          maxConnections: FLOOD_ADMITTED,
+          maxConnectionsPerIp: FLOOD,
+          // Longer than opening all the sockets takes, so no admitted slot frees up mid-flood.
+          idleTimeoutMs: 8_000,
+          handshakeTimeoutMs: 10_000,
+        },
         async ({ port, server }) => {
           const gone = countDisconnects(server);
           const started = performance.now();
