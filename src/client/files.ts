@@ -87,13 +87,18 @@ export async function describeFile(item: Required<SendItem>): Promise<LocalFile>
   const hash = createHash("sha256");
   const handle = await open(item.path, "r");
   try {
-    const buffer = new Uint8Array(READ_CHUNK);
+    // Two buffers: the next chunk is read (off the main thread) while this one is hashed.
+    let buffer = new Uint8Array(READ_CHUNK);
+    let spare = new Uint8Array(READ_CHUNK);
     let position = 0;
+    let reading = handle.read(buffer, 0, buffer.length, 0);
     for (;;) {
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+      const { bytesRead } = await reading;
       if (bytesRead === 0) break;
-      hash.update(buffer.subarray(0, bytesRead));
       position += bytesRead;
+      reading = handle.read(spare, 0, spare.length, position);
+      hash.update(buffer.subarray(0, bytesRead));
+      [buffer, spare] = [spare, buffer];
     }
     const after = await handle.stat();
     if (after.size !== position || after.mtimeMs !== (await stat(item.path)).mtimeMs) {

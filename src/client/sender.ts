@@ -18,7 +18,7 @@ import {
 } from "../protocol/constants.ts";
 import { Heartbeat } from "../protocol/heartbeat.ts";
 import { type Message, toHex } from "../protocol/messages.ts";
-import { nodeNetRuntime } from "../runtime/node_net.ts";
+import { defaultRuntime } from "../runtime/select.ts";
 import type { Connection, Runtime, TlsClientOptions } from "../runtime/transport.ts";
 import { authMac } from "../server/auth.ts";
 import { backoffDelay } from "./backoff.ts";
@@ -63,7 +63,7 @@ export interface SendOptions {
   onEvent?: (event: SendEvent) => void;
   /** Cancels the send. */
   signal?: AbortSignal;
-  /** Socket runtime; defaults to node:net. */
+  /** Socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
   runtime?: Runtime;
 }
 
@@ -182,7 +182,7 @@ export async function send(
   const messages = (options.messages ?? []).map((text) => ({ text, acked: false }));
   const result: SendResult = { receipts: [], failures: [], messagesAcked: 0, bytesSent: 0, reconnects: 0 };
   const retries = options.retries ?? 8;
-  const runtime = options.runtime ?? nodeNetRuntime;
+  const runtime = options.runtime ?? defaultRuntime();
 
   let totalBytes = 0;
   for (const job of jobs) {

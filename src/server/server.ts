@@ -7,7 +7,7 @@
 import { FerryError } from "../errors.ts";
 import { Emitter } from "../events.ts";
 import { DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING } from "../framing/frame.ts";
-import { nodeNetRuntime } from "../runtime/node_net.ts";
+import { defaultRuntime } from "../runtime/select.ts";
 import type { Listener, Runtime, TlsServerOptions } from "../runtime/transport.ts";
 import { type CollisionPolicy, Inbox, type Receipt } from "../store/inbox.ts";
 import { AuthGate } from "./auth.ts";
@@ -64,7 +64,7 @@ export interface ServerOptions {
   graceMs?: number;
   /** fsync a partial at least every this many bytes. Default 8 MiB. */
   syncEveryBytes?: number;
-  /** The socket runtime; defaults to node:net, which Deno and Bun both provide. */
+  /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
   runtime?: Runtime;
   /** Refuse files whose content is not an image (`NOT_AN_IMAGE`, or `TYPE_MISMATCH` if named as one). Default false. */
   imagesOnly?: boolean;
@@ -184,7 +184,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
  */
 export async function serve(options: ServerOptions): Promise<ServerHandle> {
   const o = resolve(options);
-  const runtime = options.runtime ?? nodeNetRuntime;
+  const runtime = options.runtime ?? defaultRuntime();
   const inbox = await Inbox.open({
     dir: o.dir,
     onCollision: o.onCollision,

@@ -1,0 +1,303 @@
+/**
+ * The transport on Deno's own sockets (`Deno.listen` / `Deno.connect`),
+ * without the `node:net` compatibility layer. TLS is delegated to
+ * {@linkcode nodeNetRuntime}: certificate pinning needs the peer certificate,
+ * which `Deno.connectTls` does not expose.
+ *
+ * Nothing here runs at import time, so the module loads on Bun too.
+ *
+ * @module
+ */
+import { FerryError } from "../errors.ts";
+import { nodeNetRuntime } from "./node_net.ts";
+import type { Connection, Listener, Runtime } from "./transport.ts";
+
+/** Largest read. Large reads keep per-op overhead low on bulk data. */
+const MAX_READ = 256 * 1024;
+/** First and smallest read: an idle connection's pending read holds only this much. */
+const MIN_READ = 16 * 1024;
+/** Queued parts smaller than this are joined into one buffer (up to this size): one write op for many small frames. */
+const COALESCE_LIMIT = 64 * 1024;
+/** Queued but unwritten bytes above which `write()` waits until the queue is back under it. */
+const WRITE_HIGH_WATER = 1024 * 1024;
+/** Pause after an accept error such as EMFILE, so the loop does not spin. */
+const ACCEPT_RETRY_MS = 50;
+
+/** Errors that mean "the peer went away", which reads report as end of stream. */
+function isBenignClose(e: unknown): boolean {
+  const D = Deno.errors;
+  return e instanceof D.ConnectionReset || e instanceof D.BrokenPipe || e instanceof D.BadResource ||
+    e instanceof D.Interrupted || e instanceof D.NotConnected;
+}
+
+function stripV4Mapped(address: string): string {
+  return address.startsWith("::ffff:") && address.includes(".") ? address.slice(7) : address;
+}
+
+/** Gives Deno's error the errno-style `code` the node adapter's errors carry (the CLI maps it to an exit code). */
+function withCode(e: unknown): unknown {
+  if (!(e instanceof Error) || (e as { code?: string }).code) return e;
+  const D = Deno.errors;
+  const code = e instanceof D.AddrInUse
+    ? "EADDRINUSE"
+    : e instanceof D.PermissionDenied
+    ? "EACCES"
+    : e instanceof D.ConnectionRefused
+    ? "ECONNREFUSED"
+    : e instanceof D.AddrNotAvailable
+    ? "EADDRNOTAVAIL"
+    : undefined;
+  if (code) Object.defineProperty(e, "code", { value: code });
+  return e;
+}
+
+function join(parts: Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+class DenoConnection implements Connection {
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly closed: Promise<void>;
+  bytesRead = 0;
+  bytesWritten = 0;
+  #conn: Deno.TcpConn;
+  #spare: Uint8Array | undefined;
+  /** Current read size: grows while reads fill the buffer, shrinks when they come back nearly empty. */
+  #readSize = MIN_READ;
+  #readEnded = false;
+  #writeEnded = false;
+  #isClosed = false;
+  #resolveClosed!: () => void;
+  #pending: Uint8Array[] = [];
+  #flushing: Promise<void> | undefined;
+  #drainWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  #queued = 0;
+  #writeError: unknown;
+
+  constructor(conn: Deno.TcpConn) {
+    this.#conn = conn;
+    const addr = conn.remoteAddr as Deno.NetAddr;
+    this.remoteAddress = stripV4Mapped(addr.hostname);
+    this.remotePort = addr.port;
+    this.closed = new Promise((resolve) => this.#resolveClosed = resolve);
+    try {
+      conn.setNoDelay(true);
+      conn.setKeepAlive(true);
+    } catch {
+      // Already reset by the peer: the first read reports it.
+    }
+  }
+
+  async read(): Promise<Uint8Array | null> {
+    if (this.#readEnded || this.#isClosed) return null;
+    // A fresh buffer unless the last one came back: the decoder keeps views of what we return.
+    const buffer = this.#spare?.length === this.#readSize ? this.#spare : new Uint8Array(this.#readSize);
+    this.#spare = undefined;
+    let n: number | null;
+    try {
+      n = await this.#conn.read(buffer);
+    } catch (e) {
+      if (this.#isClosed || isBenignClose(e)) n = null;
+      else throw e;
+    }
+    if (n === null) {
+      this.#spare = buffer;
+      this.#readEnded = true;
+      this.#closeIfDone();
+      return null;
+    }
+    this.bytesRead += n;
+    if (n === buffer.length) this.#readSize = Math.min(MAX_READ, this.#readSize * 4);
+    else if (n < buffer.length / 8) this.#readSize = Math.max(MIN_READ, this.#readSize / 4);
+    if (n < buffer.length / 8) {
+      // Copied out, so the buffer is reused instead of pinned by a few bytes.
+      this.#spare = buffer;
+      return buffer.slice(0, n);
+    }
+    return buffer.subarray(0, n);
+  }
+
+  write(parts: Uint8Array | readonly Uint8Array[]): Promise<void> {
+    if (this.#isClosed || this.#writeEnded || this.#writeError !== undefined) {
+      return Promise.reject(
+        new FerryError("IO_ERROR", "Cannot write: connection is closed", { cause: this.#writeError }),
+      );
+    }
+    if (parts instanceof Uint8Array) {
+      this.#pending.push(parts);
+      this.#queued += parts.length;
+    } else {
+      for (const part of parts) {
+        this.#pending.push(part);
+        this.#queued += part.length;
+      }
+    }
+    this.#flushing ??= this.#flush();
+    if (this.#queued <= WRITE_HIGH_WATER) return Promise.resolve();
+    return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
+  }
+
+  /**
+   * Writes everything queued, one op per batch: small parts queued meanwhile
+   * (headers, control frames) are joined, large payloads go as they are.
+   */
+  async #flush(): Promise<void> {
+    try {
+      while (this.#pending.length > 0) {
+        const batch = this.#pending;
+        this.#pending = [];
+        let small: Uint8Array[] = [];
+        let smallBytes = 0;
+        const flushSmall = async () => {
+          if (small.length === 0) return;
+          const joined = small.length === 1 ? small[0] : join(small, smallBytes);
+          small = [];
+          smallBytes = 0;
+          await this.#writeAll(joined);
+        };
+        for (const part of batch) {
+          if (part.length >= COALESCE_LIMIT) {
+            await flushSmall();
+            await this.#writeAll(part);
+          } else {
+            if (smallBytes + part.length > COALESCE_LIMIT) await flushSmall();
+            small.push(part);
+            smallBytes += part.length;
+          }
+        }
+        await flushSmall();
+        if (this.#queued <= WRITE_HIGH_WATER) {
+          for (const w of this.#drainWaiters.splice(0)) w.resolve();
+        }
+      }
+    } catch (e) {
+      this.#writeError = e;
+      const error = new FerryError("IO_ERROR", "Cannot write: connection closed", { cause: e });
+      for (const w of this.#drainWaiters.splice(0)) w.reject(error);
+      // Like a node socket's 'error': the reader sees the end instead of waiting forever.
+      this.close();
+    } finally {
+      this.#flushing = undefined;
+    }
+  }
+
+  async #writeAll(chunk: Uint8Array): Promise<void> {
+    for (let at = 0; at < chunk.length;) {
+      const n = await this.#conn.write(at === 0 ? chunk : chunk.subarray(at));
+      at += n;
+      this.bytesWritten += n;
+      this.#queued -= n;
+    }
+  }
+
+  async closeWrite(): Promise<void> {
+    while (this.#flushing) await this.#flushing;
+    if (this.#isClosed || this.#writeEnded) return;
+    this.#writeEnded = true;
+    try {
+      await this.#conn.closeWrite();
+    } catch {
+      // The peer is gone already; nothing left to flush.
+    }
+    this.#closeIfDone();
+  }
+
+  close(): void {
+    if (this.#isClosed) return;
+    this.#isClosed = true;
+    const error = new FerryError("IO_ERROR", "Cannot write: connection closed");
+    for (const w of this.#drainWaiters.splice(0)) w.reject(error);
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed.
+    }
+    this.#resolveClosed();
+  }
+
+  /** Both directions finished: release the socket, as node does with allowHalfOpen. */
+  #closeIfDone(): void {
+    if (this.#readEnded && this.#writeEnded) this.close();
+  }
+}
+
+/**
+ * The Deno-native runtime adapter. Plain TCP uses `Deno.listen` and
+ * `Deno.connect`; TLS goes through `node:tls` (see {@linkcode nodeNetRuntime}).
+ * Only usable on Deno.
+ *
+ * @example Echo server on an ephemeral port
+ * ```ts
+ * import { denoNativeRuntime } from "./deno_native.ts";
+ * const listener = await denoNativeRuntime.listen({ hostname: "127.0.0.1", port: 0 }, async (conn) => {
+ *   for (let c = await conn.read(); c; c = await conn.read()) await conn.write(c);
+ *   conn.close();
+ * });
+ * const conn = await denoNativeRuntime.connect({ hostname: "127.0.0.1", port: listener.port });
+ * await conn.write(new TextEncoder().encode("hi"));
+ * await conn.read(); // "hi"
+ * conn.close();
+ * await listener.close();
+ * ```
+ */
+export const denoNativeRuntime: Runtime = {
+  name: "deno",
+
+  listen(options, onConnection) {
+    if (options.tls) return nodeNetRuntime.listen(options, onConnection);
+    let listener: Deno.TcpListener;
+    try {
+      listener = Deno.listen({ hostname: options.hostname, port: options.port, transport: "tcp" });
+    } catch (e) {
+      return Promise.reject(withCode(e));
+    }
+    let closing = false;
+    (async () => {
+      while (!closing) {
+        let conn: Deno.TcpConn;
+        try {
+          conn = await listener.accept();
+        } catch (e) {
+          if (closing || e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted) return;
+          await new Promise((r) => setTimeout(r, ACCEPT_RETRY_MS));
+          continue;
+        }
+        onConnection(new DenoConnection(conn));
+      }
+    })();
+    const addr = listener.addr as Deno.NetAddr;
+    return Promise.resolve(
+      {
+        hostname: addr.hostname,
+        port: addr.port,
+        close: () => {
+          if (!closing) {
+            closing = true;
+            try {
+              listener.close();
+            } catch {
+              // Already closed.
+            }
+          }
+          return Promise.resolve();
+        },
+      } satisfies Listener,
+    );
+  },
+
+  async connect(options) {
+    if (options.tls) return nodeNetRuntime.connect(options);
+    try {
+      return new DenoConnection(await Deno.connect({ hostname: options.hostname, port: options.port }));
+    } catch (e) {
+      throw withCode(e);
+    }
+  },
+};

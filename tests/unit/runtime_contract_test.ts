@@ -1,0 +1,224 @@
+/**
+ * One contract, every socket adapter: node:net (Deno and Bun) and Deno's
+ * native sockets (Deno only). Real sockets on 127.0.0.1, port 0.
+ */
+import { describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { FerryError } from "../../src/errors.ts";
+import { denoNativeRuntime } from "../../src/runtime/deno_native.ts";
+import { nodeNetRuntime } from "../../src/runtime/node_net.ts";
+import { defaultRuntime } from "../../src/runtime/select.ts";
+import type { Connection, Listener, Runtime } from "../../src/runtime/transport.ts";
+
+const IS_DENO = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined" &&
+  typeof (globalThis as { Bun?: unknown }).Bun === "undefined";
+
+const ADAPTERS: Array<[string, Runtime]> = [["node:net", nodeNetRuntime]];
+if (IS_DENO) ADAPTERS.push(["deno-native", denoNativeRuntime]);
+
+/** A listener whose accepted connections arrive through `next()`. */
+async function listen(rt: Runtime): Promise<{ listener: Listener; next: () => Promise<Connection> }> {
+  const accepted: Connection[] = [];
+  const waiters: Array<(c: Connection) => void> = [];
+  const listener = await rt.listen({ hostname: "127.0.0.1", port: 0 }, (conn) => {
+    const w = waiters.shift();
+    if (w) w(conn);
+    else accepted.push(conn);
+  });
+  return {
+    listener,
+    next: () => {
+      const c = accepted.shift();
+      return c ? Promise.resolve(c) : new Promise((r) => waiters.push(r));
+    },
+  };
+}
+
+/** Reads until end of stream; returns the bytes joined. */
+async function readAll(conn: Connection): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  for (let c = await conn.read(); c; c = await conn.read()) {
+    parts.push(c.slice());
+    total += c.length;
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** Reads exactly `n` bytes (fails on an early end). */
+async function readExactly(conn: Connection, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let at = 0;
+  while (at < n) {
+    const c = await conn.read();
+    assert.ok(c, `stream ended after ${at} of ${n} bytes`);
+    out.set(c.subarray(0, Math.min(c.length, n - at)), at);
+    at += c.length;
+  }
+  assert.equal(at, n, "read more bytes than were sent");
+  return out;
+}
+
+function pattern(n: number, seed: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = (i * 31 + seed) & 0xff;
+  return out;
+}
+
+const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+
+for (const [name, rt] of ADAPTERS) {
+  describe(`runtime adapter contract: ${name}`, () => {
+    test("round trip, addresses and byte counters", { timeout: 10_000 }, async () => {
+      const { listener, next } = await listen(rt);
+      try {
+        assert.equal(listener.hostname, "127.0.0.1");
+        assert.ok(listener.port > 0);
+        const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+        const server = await next();
+        assert.equal(server.remoteAddress, "127.0.0.1");
+        assert.equal(client.remoteAddress, "127.0.0.1");
+        assert.equal(client.remotePort, listener.port);
+        await client.write([new Uint8Array([1, 2]), new Uint8Array([3])]);
+        assert.deepEqual(await readExactly(server, 3), new Uint8Array([1, 2, 3]));
+        await server.write(new Uint8Array([9]));
+        assert.deepEqual(await readExactly(client, 1), new Uint8Array([9]));
+        assert.equal(client.bytesWritten, 3);
+        assert.equal(server.bytesRead, 3);
+        client.close();
+        server.close();
+      } finally {
+        await listener.close();
+      }
+    });
+
+    test("8 MiB in frame-like parts arrives intact, in order", { timeout: 20_000 }, async () => {
+      const { listener, next } = await listen(rt);
+      try {
+        const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+        const server = await next();
+        const total = 8 * 1024 * 1024;
+        const sent = createHash("sha256");
+        const writing = (async () => {
+          for (let i = 0, at = 0; at < total; i++) {
+            const header = pattern(17, i);
+            const payload = pattern(Math.min(256 * 1024 - 17, total - at - 17), i + 7);
+            sent.update(header).update(payload);
+            await client.write([header, payload]);
+            at += header.length + payload.length;
+          }
+          await client.closeWrite();
+        })();
+        const got = await readAll(server);
+        await writing;
+        assert.equal(got.length, total);
+        assert.equal(sha(got), sent.digest("hex"));
+        client.close();
+        server.close();
+      } finally {
+        await listener.close();
+      }
+    });
+
+    test("10,000 small writes keep their order", { timeout: 20_000 }, async () => {
+      const { listener, next } = await listen(rt);
+      try {
+        const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+        const server = await next();
+        const expected = new Uint8Array(10_000 * 2);
+        for (let i = 0; i < 10_000; i++) {
+          const b = new Uint8Array([i >> 8, i & 0xff]);
+          expected.set(b, i * 2);
+          // Not awaited on purpose: many writes queue up at once.
+          client.write(b).catch(() => {});
+        }
+        await client.closeWrite();
+        assert.deepEqual(await readAll(server), expected);
+        client.close();
+        server.close();
+      } finally {
+        await listener.close();
+      }
+    });
+
+    test(
+      "closeWrite ends the peer's reads; the peer can still answer (half-open)",
+      { timeout: 10_000 },
+      async () => {
+        const { listener, next } = await listen(rt);
+        try {
+          const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+          const server = await next();
+          await client.write(new TextEncoder().encode("END"));
+          await client.closeWrite();
+          assert.equal(new TextDecoder().decode(await readAll(server)), "END");
+          await server.write(new TextEncoder().encode("RECEIPT"));
+          await server.closeWrite();
+          assert.equal(new TextDecoder().decode(await readAll(client)), "RECEIPT");
+          await Promise.all([client.closed, server.closed]);
+          await assert.rejects(client.write(new Uint8Array([1])), (e) => e instanceof FerryError);
+        } finally {
+          await listener.close();
+        }
+      },
+    );
+
+    test("close() ends a pending read on both sides; later writes reject", { timeout: 10_000 }, async () => {
+      const { listener, next } = await listen(rt);
+      try {
+        const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+        const server = await next();
+        const serverRead = server.read();
+        const clientRead = client.read();
+        client.close();
+        assert.equal(await clientRead, null);
+        assert.equal(await serverRead, null);
+        await client.closed;
+        await assert.rejects(
+          client.write(new Uint8Array([1])),
+          (e) => e instanceof FerryError && e.code === "IO_ERROR",
+        );
+        server.close();
+        await server.closed;
+      } finally {
+        await listener.close();
+      }
+    });
+
+    test("a taken port fails with EADDRINUSE; a closed listener refuses", { timeout: 10_000 }, async () => {
+      const { listener } = await listen(rt);
+      const port = listener.port;
+      await assert.rejects(
+        rt.listen({ hostname: "127.0.0.1", port }, () => {}),
+        (e) => (e as { code?: string }).code === "EADDRINUSE",
+      );
+      await listener.close();
+      await assert.rejects(rt.connect({ hostname: "127.0.0.1", port }));
+    });
+  });
+}
+
+describe("defaultRuntime", () => {
+  test("picks an adapter that works on this runtime", { timeout: 10_000 }, async () => {
+    const rt = defaultRuntime();
+    assert.equal(rt.name, IS_DENO ? "deno" : "bun");
+    const { listener, next } = await listen(rt);
+    try {
+      const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+      const server = await next();
+      await client.write(new Uint8Array([42]));
+      assert.deepEqual(await readExactly(server, 1), new Uint8Array([42]));
+      client.close();
+      server.close();
+    } finally {
+      await listener.close();
+    }
+  });
+});
