@@ -44,8 +44,9 @@ Options:
 
 HOST:PORT: 127.0.0.1:9000, example.org:9000, [::1]:9000 (port defaults to 9000).
 SIZE takes K, M, G suffixes; DUR takes ms, s, m, h (a bare number is seconds).
-With --json the last line is {"type":"summary","bytesSent":…,"reconnects":…}: bytesSent counts
-file bytes written to sockets, so bytesSent minus the total size is what a resume sent again.
+With --json the last line is {"type":"summary","bytesSent":…,"reconnects":…} (bytesSent counts file
+bytes written to sockets, so bytesSent minus the total size is what a resume sent again), or
+{"type":"fatal","code":…,"message":…} when the send could not complete.
 
 Exit codes:
   0  everything was delivered and verified
@@ -112,6 +113,7 @@ export async function sendMain(args: string[]): Promise<number> {
     if (values.retries !== undefined) options.retries = parseCount(values.retries, "--retries");
     if (values["chunk-size"] !== undefined) {
       options.chunkSize = parseSize(values["chunk-size"], "--chunk-size");
+      if (options.chunkSize < 1024) throw new TypeError(`Invalid value for --chunk-size: at least 1K`);
     }
     if (values.window !== undefined) options.window = parseCount(values.window, "--window", 1);
     if (values["heartbeat-interval"] !== undefined) {

@@ -253,6 +253,13 @@ export async function serveMain(args: string[]): Promise<number> {
       server.close().then(() => {
         log("info", { event: "stopped" }, "stopped");
         resolve(ExitCode.OK);
+      }, (e: Error) => {
+        log(
+          "error",
+          { event: "error", code: "INTERNAL", message: e.message },
+          `shutdown failed: ${e.message}`,
+        );
+        resolve(ExitCode.INTERNAL);
       });
     };
     process.on("SIGINT", () => stop("SIGINT"));

@@ -325,6 +325,8 @@ class ClientSession {
   #broken = deferred<never>();
   #heartbeat?: Heartbeat;
   #nextId = 1;
+  /** A file the server asked us to offer again later (FILE_BUSY, SHUTTING_DOWN). */
+  #retryLater?: FerryError;
 
   constructor(
     conn: Connection,
@@ -448,6 +450,18 @@ class ClientSession {
     const pendingAcks: Promise<void>[] = [];
     for (const [index, m] of messages.entries()) {
       if (m.acked) continue;
+      // The server would close the whole connection for a frame above its limit: refuse it here.
+      const bytes = new TextEncoder().encode(m.text).length;
+      if (4 + bytes > this.#serverMaxFrame) {
+        m.acked = true;
+        const error = new FerryError(
+          "MESSAGE_TOO_LARGE",
+          `Message of ${bytes} bytes exceeds the server's frame limit of ${this.#serverMaxFrame} bytes`,
+        );
+        this.#result.failures.push({ path: "", name: "(message)", error });
+        this.#emit({ type: "error", name: "(message)", code: error.code, message: error.message });
+        continue;
+      }
       const id = this.#nextId++;
       const ack = deferred<boolean>();
       this.#acks.set(id, ack);
@@ -460,6 +474,7 @@ class ClientSession {
       }));
     }
     await Promise.all([...entries.map((e) => e.finished.promise), ...pendingAcks]);
+    if (this.#retryLater) throw this.#retryLater;
   }
 
   async #stream(id: number, job: FileJob, offset: number): Promise<void> {
@@ -577,10 +592,11 @@ class ClientSession {
         if (entry) {
           this.#answers.delete(m.id);
           if (RETRIABLE_FILE_CODES.has(m.code)) {
-            // Leave the job open: the next connection offers it again.
+            // Leave the job open for the next connection, but let the files already streaming on
+            // this one finish (a draining server completes them); run() then reports the retry.
             entry.answer.resolve({ kind: "finished" });
-            entry.finished.reject(new RemoteError(m.code, m.message, m.id));
-            this.#broken.reject(new RemoteError(m.code, m.message, m.id));
+            entry.finished.resolve();
+            this.#retryLater ??= new RemoteError(m.code, m.message, m.id);
             return;
           }
           this.#fail(entry.job, new RemoteError(m.code, m.message, m.id));

@@ -296,6 +296,9 @@ export const nodeNetRuntime: Runtime = {
       server.once("error", reject);
       server.listen({ host: options.hostname, port: options.port }, () => {
         server.off("error", reject);
+        // Accept failures (EMFILE, ECONNABORTED) arrive as 'error' on the server: with no listener
+        // they would kill the process. The listener keeps accepting once resources free up.
+        server.on("error", () => {});
         const address = server.address() as net.AddressInfo;
         resolve(
           {

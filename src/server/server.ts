@@ -243,6 +243,7 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
   );
 
   let dashboard: DashboardHandle | undefined;
+  let closing: Promise<void> | undefined;
   const handle: ServerHandle = {
     hostname: listener.hostname,
     port: listener.port,
@@ -252,20 +253,25 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
     },
     connections: () => [...sessions].map((s) => s.info()),
     on: (type, fn) => events.on(type, fn),
-    async close(closeOptions) {
-      if (draining) return;
-      draining = true;
-      clearInterval(sweepTimer);
-      await dashboard?.close();
-      await listener.close();
-      const graceMs = closeOptions?.graceMs ?? o.graceMs;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const graceOver = new Promise<void>((r) => timer = setTimeout(r, graceMs));
-      await Promise.race([Promise.all([...sessions].map((s) => s.drained())), graceOver]);
-      clearTimeout(timer);
-      await Promise.all([...sessions].map((s) => s.shutdown()));
+    close(closeOptions) {
+      // A second call waits for the same shutdown instead of returning early.
+      closing ??= shutdown(closeOptions);
+      return closing;
     },
   };
+
+  async function shutdown(closeOptions?: { graceMs?: number }): Promise<void> {
+    draining = true;
+    clearInterval(sweepTimer);
+    await dashboard?.close();
+    await listener.close();
+    const graceMs = closeOptions?.graceMs ?? o.graceMs;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const graceOver = new Promise<void>((r) => timer = setTimeout(r, graceMs));
+    await Promise.race([Promise.all([...sessions].map((s) => s.drained())), graceOver]);
+    clearTimeout(timer);
+    await Promise.all([...sessions].map((s) => s.shutdown()));
+  }
   if (options.http) {
     try {
       dashboard = await startDashboard(handle, options.http);

@@ -40,6 +40,9 @@ interface OpenUpload {
   sniffer: ImageSniffer;
 }
 
+/** Failed ids remembered per connection (their in-flight frames are dropped quietly). */
+const MAX_FAILED_IDS = 4096;
+
 /** How long a refused or failed connection may take to read our ERROR before we cut it. */
 const LINGER_MS = 2_000;
 /** Files whose END was read and that are being finished (fsync, place, RECEIPT) while later frames are read. */
@@ -69,6 +72,10 @@ export class Session {
   #filesReceived = 0;
   #current?: OpenUpload;
   #closing = false;
+  /** Graceful shutdown has begun: files in flight finish, new ones are refused. */
+  #draining = false;
+  /** A message is being handled (the socket is not being read meanwhile). */
+  #handling = false;
   /** Why we closed the connection (PEER_DEAD, IDLE_TIMEOUT, …), for the disconnect event. */
   #failure?: FerryError;
   #drainWaiters: Array<() => void> = [];
@@ -131,6 +138,8 @@ export class Session {
 
   /** Resolves when no file is in flight (for graceful shutdown). */
   drained(): Promise<void> {
+    // From now on new files are refused, so a pipelining client cannot keep the grace period busy.
+    this.#draining = true;
     if (this.#uploads.size === 0) return Promise.resolve();
     return new Promise((r) => this.#drainWaiters.push(r));
   }
@@ -160,7 +169,16 @@ export class Session {
         const message = await this.#channel.receive();
         if (message === null) break;
         // After a connection-level error only the linger remains: read and drop.
-        if (!this.#closing) await this.#handle(message);
+        if (this.#closing) continue;
+        // A long local step (re-hashing a resumed partial, a slow fsync) reads nothing from the
+        // socket; it must not make the heartbeat think the peer went silent.
+        this.#handling = true;
+        try {
+          await this.#handle(message);
+        } finally {
+          this.#handling = false;
+          this.#channel.lastReceivedAt = Math.max(this.#channel.lastReceivedAt, performance.now());
+        }
       }
     } catch (e) {
       reason = e as Error;
@@ -218,7 +236,7 @@ export class Session {
     this.#heartbeat = new Heartbeat({
       intervalMs: this.#o.heartbeatIntervalMs,
       misses: this.#o.heartbeatMisses,
-      lastReceivedAt: () => this.#channel.lastReceivedAt,
+      lastReceivedAt: () => this.#handling ? performance.now() : this.#channel.lastReceivedAt,
       sendPing: (token) => {
         this.#channel.send({ kind: "ping", token }).catch(() => {});
       },
@@ -270,6 +288,8 @@ export class Session {
       case "error":
         // The client gave up on a file: drop its partial bytes.
         if (m.id !== 0) {
+          // A file already finishing is committed or about to be: too late to abandon it.
+          if (this.#finishing.has(m.id)) return;
           const open = this.#uploads.get(m.id);
           if (open) {
             this.#forget(m.id);
@@ -294,7 +314,7 @@ export class Session {
       // A per-file error could not say which file it means: fail the connection.
       throw new ProtocolError("BAD_HEADER", `File id ${id} is zero or already in use`);
     }
-    if (this.#closing) {
+    if (this.#closing || this.#draining) {
       return this.#fileError(id, header.name, new FerryError("SHUTTING_DOWN", "Server is shutting down"));
     }
     if (this.#uploads.size >= this.#o.maxOpenFiles) {
@@ -425,6 +445,8 @@ export class Session {
     // On the wire id 0 means the whole connection: raise it as such (and close).
     if (id === 0) throw error;
     this.#failed.add(id);
+    // A peer naming endless new ids must not grow this set without bound: forget the oldest.
+    if (this.#failed.size > MAX_FAILED_IDS) this.#failed.delete(this.#failed.values().next().value!);
     this.#events.emit("fileError", { connection: this.info(), name, error });
     await this.#channel.send({
       kind: "error",

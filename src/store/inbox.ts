@@ -631,6 +631,8 @@ export class Inbox {
       }
     }
     for (const key of doomed) {
+      // Checked again right before deleting: a begin() may have resumed it during the awaits above.
+      if (busyKeys.has(this.#realDir + "\0" + key)) continue;
       await rmForce(path.join(this.#partialDir, key + ".part"));
       await rmForce(path.join(this.#partialDir, key + ".json"));
       await rmForce(path.join(this.#partialDir, key + ".json.tmp"));
@@ -745,6 +747,8 @@ export class Upload {
   #received: number;
   #unsynced = 0;
   #closed = false;
+  /** Finished or discarded: nothing on disk is this upload's any more. */
+  #settled = false;
   #tail: Promise<unknown> = Promise.resolve();
 
   /** Internal: use {@linkcode Inbox.begin}. */
@@ -760,7 +764,13 @@ export class Upload {
     this.name = init.header.name;
     this.#partPath = init.partPath;
     this.#sidecarPath = init.sidecarPath;
-    this.#release = init.release;
+    // Releasing twice could drop the lock of a later upload of the same file: once only.
+    let released = false;
+    this.#release = () => {
+      if (released) return;
+      released = true;
+      init.release();
+    };
     this.#syncEveryBytes = init.syncEveryBytes;
   }
 
@@ -859,6 +869,7 @@ export class Upload {
         this.#closed = true;
         await this.#handle.close();
         const receipt = await this.#commit(this.#partPath, this.#header, image);
+        this.#settled = true;
         await rmForce(this.#sidecarPath);
         this.#release();
         return receipt;
@@ -909,6 +920,9 @@ export class Upload {
   }
 
   async #discard(): Promise<void> {
+    // After a finish or an earlier discard the partial's name may already belong to a new upload.
+    if (this.#settled) return;
+    this.#settled = true;
     if (!this.#closed) {
       this.#closed = true;
       await this.#handle.close().catch(() => {});
