@@ -113,8 +113,12 @@ export type SendEvent =
   | { type: "reconnect"; attempt: number; delayMs: number; reason: string; code: string; bytesSent: number }
   | { type: "rtt"; ms: number };
 
+/** A local file could not be read: that file fails, the connection goes on. */
+class LocalFileError extends FerryError {}
+
 /** Remote per-file codes that are worth another try after a reconnect. */
-const RETRIABLE_FILE_CODES = new Set(["FILE_BUSY", "SHUTTING_DOWN"]);
+// SERVER_BUSY per file: more files in flight than the server allows on one connection.
+const RETRIABLE_FILE_CODES = new Set(["FILE_BUSY", "SHUTTING_DOWN", "SERVER_BUSY"]);
 /** Connection-level codes after which reconnecting cannot help. */
 const FATAL_CONNECTION_CODES = new Set([
   "AUTH_FAILED",
@@ -302,11 +306,15 @@ async function connectWithTimeout(
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
+    const onAbort = () => {
       clearTimeout(timer);
-      reject(signal.reason);
-    }, { once: true });
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
 
@@ -405,9 +413,17 @@ class ClientSession {
       onRtt: (ms) => this.#emit({ type: "rtt", ms: Math.round(ms * 10) / 10 }),
     });
     this.#heartbeat.start();
+    // Cancelling stops the transfer in flight, not only the next reconnect.
+    const signal = this.#o.signal;
+    const onAbort = () => {
+      this.#broken.reject(signal?.reason ?? new Error("aborted"));
+      this.#conn.close();
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
     try {
       await Promise.race([this.#sendAll(jobs, messages), this.#broken.promise]);
     } finally {
+      signal?.removeEventListener("abort", onAbort);
       this.#heartbeat.stop();
       this.#conn.close();
       await reading.catch(() => {});
@@ -444,7 +460,25 @@ class ClientSession {
       await sendHeadersUpTo(i + window);
       const entry = entries[i];
       const answer = await entry.answer.promise;
-      if (answer.kind === "accept") await this.#stream(entry.id, entry.job, answer.offset);
+      if (answer.kind === "accept") {
+        try {
+          await this.#stream(entry.id, entry.job, answer.offset);
+        } catch (e) {
+          if (!(e instanceof LocalFileError)) throw e;
+          // Our own file failed, not the connection: abandon just this file (the server drops its
+          // partial) and go on with the others.
+          this.#answers.delete(entry.id);
+          await this.#channel.send({
+            kind: "error",
+            code: e.code,
+            wireCode: e.wireCode,
+            id: entry.id,
+            message: e.message,
+          });
+          this.#fail(entry.job, e);
+          entry.finished.resolve();
+        }
+      }
     }
     // Messages go after the files; each waits for its own ack below.
     const pendingAcks: Promise<void>[] = [];
@@ -488,13 +522,18 @@ class ClientSession {
       Math.min(this.#o.chunkSize ?? 256 * 1024, this.#serverMaxFrame - DATA_PREFIX_SIZE, READ_CHUNK),
     );
     job.sent = offset;
-    const handle = await open(file.path, "r");
+    const handle = await open(file.path, "r").catch((e: Error) => {
+      throw new LocalFileError("IO_ERROR", `Cannot read ${file.path}: ${e.message}`, { cause: e });
+    });
     // The next chunk is read while the current one is sent, so disk and socket work overlap.
     const readAt = (at: number): Promise<Uint8Array> => {
       // A fresh buffer each time: the socket may still hold the previous one.
       const buffer = new Uint8Array(Math.min(chunkSize, file.size - at));
-      const reading = handle.read(buffer, 0, buffer.length, at).then(({ bytesRead }) =>
-        buffer.subarray(0, bytesRead)
+      const reading = handle.read(buffer, 0, buffer.length, at).then(
+        ({ bytesRead }) => buffer.subarray(0, bytesRead),
+        (e: Error) => {
+          throw new LocalFileError("IO_ERROR", `Cannot read ${file.path}: ${e.message}`, { cause: e });
+        },
       );
       reading.catch(() => {}); // awaited in the loop; must not count as unhandled meanwhile
       return reading;
@@ -508,7 +547,7 @@ class ClientSession {
         const chunk = await next;
         const bytesRead = chunk.length;
         if (bytesRead === 0) {
-          throw new FerryError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
+          throw new LocalFileError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
         }
         next = position + bytesRead < file.size ? readAt(position + bytesRead) : undefined;
         await this.#channel.sendData(id, position, chunk);

@@ -250,7 +250,8 @@ export async function startDashboard(
         query.delete("token");
         const rest = query.toString();
         res.setHeader("Set-Cookie", `${COOKIE}=${auth.cookie}; HttpOnly; SameSite=Strict; Path=/`);
-        res.setHeader("Location", pathname + (rest ? "?" + rest : ""));
+        // Collapse leading slashes: "//evil.example" would be an off-site redirect.
+        res.setHeader("Location", pathname.replace(/^\/+/, "/") + (rest ? "?" + rest : ""));
         return text(res, 303, "Signed in\n");
       }
       if (!auth.allows(req)) return unauthorized(res);
@@ -430,8 +431,13 @@ async function streamFile(fh: fs.FileHandle, size: number, res: ServerResponse):
     pos += bytesRead;
     if (!res.write(chunk.subarray(0, bytesRead))) {
       await new Promise<void>((resolve) => {
-        res.once("drain", resolve);
-        res.once("close", resolve);
+        const done = () => {
+          res.off("drain", done);
+          res.off("close", done);
+          resolve();
+        };
+        res.once("drain", done);
+        res.once("close", done);
       });
     }
   }
