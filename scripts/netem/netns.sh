@@ -15,7 +15,8 @@
 # default route.
 #
 # Commands (SIDE is a or b):
-#   caps                     print "netem=yes|no tbf=yes|no nft=yes|no" (probes a scratch namespace)
+#   caps                     print "netem=yes|no tbf=yes|no nft=yes|no tun=yes|no netns=yes|no"
+#                            (probes a scratch namespace)
 #   up NAME                  create the pair; caps TCP buffers in both (FERRY_NETEM_TCP_BUF, default 1048576)
 #   down NAME                delete both namespaces (and so the veth); never fails
 #   sweep                    delete ferry-netem-<pid>-* namespaces whose creating process is gone
@@ -30,6 +31,12 @@
 #   nft-count NAME SIDE      print how many packets ferry's rule dropped or duplicated at SIDE
 #   tcp-stats NAME SIDE      print "RetransSegs N" and "InSegs N" of the namespace's TCP
 #   link NAME SIDE up|down   take the veth end down or bring it back (addresses are kept)
+#   shaper NAME ARGS...      run scripts/netem/tun_shaper.py (userspace delay/reordering for kernels
+#                            without sch_netem): TUN "fyta" in NAME-a, "fytb" in NAME-b, joined by
+#                            the shaper; prints "ready …", runs until killed or stdin closes
+#   shaper-routes NAME       once the shaper is ready: bring fyta/fytb up and route the peer's /32
+#                            through them, so all traffic between the two addresses goes through
+#                            the shaper instead of the veth (the routes vanish with the shaper)
 set -euo pipefail
 
 ADDR_A=10.203.0.1
@@ -50,7 +57,7 @@ case "$cmd" in
   caps)
     probe="ferry-netem-$$-probe"
     ip netns add "$probe" 2>/dev/null || {
-      echo "netem=no tbf=no nft=no netns=no"
+      echo "netem=no tbf=no nft=no tun=no netns=no"
       exit 0
     }
     trap 'ip netns del "$probe" 2>/dev/null || true' EXIT
@@ -63,7 +70,13 @@ case "$cmd" in
       ip netns exec "$probe" nft add table ip ferryprobe 2>/dev/null; then
       nft=yes
     fi
-    echo "netem=$netem tbf=$tbf nft=$nft netns=yes"
+    # The userspace shaper (tun_shaper.py) needs a working TUN device and python3.
+    tun=no
+    if command -v python3 >/dev/null 2>&1 && [[ -c /dev/net/tun ]] &&
+      ip -n "$probe" tuntap add dev fyprobe mode tun 2>/dev/null; then
+      tun=yes
+    fi
+    echo "netem=$netem tbf=$tbf nft=$nft tun=$tun netns=yes"
     ;;
   up)
     name="${1:?up NAME}"
@@ -177,6 +190,23 @@ EOF
     check_side "${2:-}"
     [[ "${3:-}" == up || "${3:-}" == down ]] || die "link state must be up or down"
     ip -n "$(ns_of "$name" "$2")" link set "$(dev_of "$2")" "$3"
+    ;;
+  shaper)
+    name="${1:?shaper NAME ARGS...}"
+    shift
+    exec ip netns exec "$(ns_of "$name" a)" python3 "$(dirname "${BASH_SOURCE[0]}")/tun_shaper.py" \
+      --dev-a fyta --dev-b fytb --netns-b "/run/netns/$(ns_of "$name" b)" "$@"
+    ;;
+  shaper-routes)
+    name="${1:?shaper-routes NAME}"
+    for side in a b; do
+      ns="$(ns_of "$name" "$side")"
+      dev="$([[ $side == a ]] && echo fyta || echo fytb)"
+      ip netns exec "$ns" sysctl -q -w "net.ipv4.conf.$dev.rp_filter=0"
+      ip -n "$ns" link set "$dev" up
+      ip -n "$ns" route replace "$(peer_addr_of "$side")/32" dev "$dev" \
+        src "$([[ $side == a ]] && echo "$ADDR_A" || echo "$ADDR_B")"
+    done
     ;;
   *)
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'

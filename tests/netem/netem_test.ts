@@ -3,10 +3,15 @@
  * real `send.ts --json` in another, joined by a veth pair whose link is
  * impaired with `tc netem` (delay, loss, reordering, duplication), `tbf`
  * (rate), nftables (loss, duplication, a blackhole where netem is missing)
- * and `ip link set down`. Every transfer must store a hash-identical file;
+ * and `ip link set down`. Where the kernel has no sch_netem, delay and
+ * reordering come from scripts/netem/tun_shaper.py, a userspace packet
+ * shaper (Python standard library) joining two TUN devices, one in each
+ * namespace: the peer's /32 is routed through them instead of the veth, so
+ * every packet of the transfer is held and released by the shaper. Every transfer must store a hash-identical file;
  * every cut must resend at most one chunk plus the bytes in flight.
  *
- * Needs root and `ip` (Debian: iproute2; nftables for the fallbacks). Where
+ * Needs root and `ip` (Debian: iproute2; nftables, python3 and /dev/net/tun
+ * for the fallbacks). Where
  * namespaces cannot be made, every case is skipped with the reason. Runs
  * under `deno test` only; under `bun test` it skips, since it already starts
  * servers and senders on both runtimes (they alternate per case).
@@ -16,11 +21,11 @@
  * can leave the pair.
  *
  * Writes tests/artifacts/netem-report.md and prints it. FERRY_NETEM=0 skips
- * the suite (it takes about a minute).
+ * the suite (it takes about a minute and a half).
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -82,7 +87,7 @@ function sh(args: string[], check = true): { code: number; stdout: string; stder
 
 // --- what this machine can do (decided before the tests are declared) ------------------------
 let skipAll: string | false = false;
-const caps = { netem: false, tbf: false, nft: false };
+const caps = { netem: false, tbf: false, nft: false, tun: false };
 if (process.env.FERRY_NETEM === "0") {
   skipAll = "disabled by FERRY_NETEM=0";
 } else if (CURRENT_RUNTIME !== "deno") {
@@ -99,8 +104,91 @@ if (process.env.FERRY_NETEM === "0") {
   caps.netem = /netem=yes/.test(probe);
   caps.tbf = /tbf=yes/.test(probe);
   caps.nft = /nft=yes/.test(probe);
+  caps.tun = /tun=yes/.test(probe);
 }
-const NO_NETEM = "the kernel has no sch_netem qdisc (CONFIG_NET_SCH_NETEM), and nothing else can add delay";
+const NO_NETEM =
+  "the kernel has no sch_netem qdisc (CONFIG_NET_SCH_NETEM), and no TUN device or python3 for tun_shaper.py";
+
+// --- the userspace shaper (delay and reordering without sch_netem) -----------------------------
+interface Shaper {
+  child: ChildProcess;
+  exited: Promise<void>;
+  output: () => string;
+}
+let shaper: Shaper | undefined;
+/** The shaper's counters from the case that just ran ("packets=… reordered=…"). */
+let shaperStats: Record<string, number> | undefined;
+
+/** Starts tun_shaper.py between the namespaces and routes the peer addresses through it. */
+async function startShaper(args: string[]): Promise<void> {
+  // stdin stays a pipe: the shaper exits when it closes (this process died), and after 150 s anyway.
+  const child = spawn("bash", [SCRIPT, "shaper", NAME, ...args, "--max-seconds", "150"], {
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let out = "";
+  let err = "";
+  const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
+  shaper = { child, exited, output: () => out };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout!.setEncoding("utf8").on("data", (d: string) => {
+        out += d;
+        if (out.includes("ready")) resolve();
+      });
+      child.stderr!.setEncoding("utf8").on("data", (d: string) => err += d);
+      child.on("exit", (code) => reject(new Error(`tun_shaper.py exited (${code}): ${err}`)));
+      timer = setTimeout(() => reject(new Error(`tun_shaper.py not ready after 10 s: ${err}`)), 10_000);
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+  sh(["shaper-routes", NAME]);
+}
+
+/** Stops the shaper (its TUN devices and routes go with it) and keeps its counters. */
+async function stopShaper(): Promise<void> {
+  const s = shaper;
+  if (!s) return;
+  shaper = undefined;
+  s.child.kill("SIGTERM");
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([s.exited, new Promise((r) => timer = setTimeout(r, 3_000))]);
+  clearTimeout(timer);
+  if (s.child.exitCode === null && s.child.signalCode === null) {
+    s.child.kill("SIGKILL");
+    await s.exited;
+  }
+  const line = /stats (.*)/.exec(s.output())?.[1];
+  if (line) {
+    shaperStats = Object.fromEntries(
+      line.split(" ").map((kv) => kv.split("=")).map(([k, v]) => [k, Number(v)]),
+    );
+  }
+}
+
+/**
+ * Round-trip time from namespace b to the server address, measured at the TCP level without
+ * touching the server: a connect to a closed port is refused after exactly one round trip
+ * (SYN out, RST back). Median of 5, in ms.
+ */
+function synRtt(): number {
+  const py = `import socket,time,statistics
+r=[]
+for _ in range(5):
+    s=socket.socket(); t=time.monotonic()
+    try: s.connect(("${SERVER_ADDR}", 9))
+    except OSError: pass
+    r.append((time.monotonic()-t)*1000); s.close()
+print(round(statistics.median(r), 1))`;
+  const r = spawnSync("bash", [SCRIPT, "exec", NAME, "b", "python3", "-c", py], { encoding: "utf8" });
+  return Number(r.stdout.trim());
+}
+
+const shaped = (args: string[], how: string) => async () => {
+  await startShaper(args);
+  return `TUN shaper (userspace tun_shaper.py; no sch_netem here): ${how}`;
+};
 
 // --- the cases ---------------------------------------------------------------------------------
 type Side = "a" | "b";
@@ -110,7 +198,7 @@ interface Case {
   /** Why it cannot run here, or false. */
   skip: string | false;
   /** Puts the impairment on the link; returns how (for the report). */
-  impair?: () => string;
+  impair?: () => string | Promise<string>;
   /** A timed outage in the middle of the transfer. */
   outage?: { start: () => string; stop: () => void };
 }
@@ -148,8 +236,11 @@ const cases: Case[] = [
   {
     name: "delay 100ms ± 20ms",
     size: FILE_SIZE,
-    skip: caps.netem ? false : NO_NETEM,
-    impair: netem("delay 100ms 20ms distribution normal"),
+    skip: caps.netem || caps.tun ? false : NO_NETEM,
+    impair: caps.netem ? netem("delay 100ms 20ms distribution normal") : shaped(
+      ["--delay", "100", "--jitter", "20"],
+      "delay 100ms ± 20ms (normal) in both directions, packet order kept",
+    ),
   },
   {
     name: "5% loss",
@@ -163,8 +254,11 @@ const cases: Case[] = [
   {
     name: "25% reordering",
     size: FILE_SIZE,
-    skip: caps.netem ? false : NO_NETEM,
-    impair: netem("delay 10ms reorder 25% 50%"),
+    skip: caps.netem || caps.tun ? false : NO_NETEM,
+    impair: caps.netem ? netem("delay 10ms reorder 25% 50%") : shaped(
+      ["--delay", "10", "--reorder", "25"],
+      "25% of packets sent at once, the rest after 10ms (both directions)",
+    ),
   },
   {
     name: "1% duplication",
@@ -227,6 +321,8 @@ interface Row {
   retransmits?: number;
   /** Packets the nftables fault rules dropped or duplicated (when nftables was used). */
   nftHits?: number;
+  /** tun_shaper.py counters (when it was used): packets carried, reordered (overtaken), dropped. */
+  shaper?: string;
   result: string;
 }
 const rows: Row[] = [];
@@ -292,7 +388,8 @@ function nftCount(): number {
     Number(sh(["nft-count", NAME, "b"]).stdout.trim());
 }
 
-function clearLink(): void {
+async function clearLink(): Promise<void> {
+  await stopShaper();
   both((s) => {
     sh(["qdisc-clear", NAME, s]);
     sh(["nft-clear", NAME, s]);
@@ -324,6 +421,7 @@ describe("network faults between namespaces (netem)", { skip: skipAll }, () => {
     sh(["up", NAME]);
   });
   after(async () => {
+    await stopShaper();
     sh(["down", NAME], false);
     await work?.cleanup();
     await writeReport();
@@ -349,12 +447,14 @@ describe("network faults between namespaces (netem)", { skip: skipAll }, () => {
       const heartbeat = c.outage ? HEARTBEAT : [];
       let server: ServerProcess | undefined;
       try {
-        clearLink();
+        await clearLink();
+        shaperStats = undefined;
         server = await startServer(serverRt, ["--host", SERVER_ADDR, "--dir", inbox, ...heartbeat], {
           command: ["bash", SCRIPT, "exec", NAME, "a", ...scriptCommand(serverRt, "server.ts")],
           env: { DENO_NO_UPDATE_CHECK: "1" },
         });
-        row.how = c.impair?.() ?? "";
+        row.how = (await c.impair?.()) ?? "";
+        const rtt0 = shaper ? synRtt() : undefined;
         const retransBefore = retransmits("b");
         let nftHits = 0;
 
@@ -386,6 +486,21 @@ describe("network faults between namespaces (netem)", { skip: skipAll }, () => {
           if (e.type === "reconnect" && cutAt && !detectedAt) detectedAt = performance.now();
         }, 110_000);
         await outage;
+        if (shaper) {
+          await stopShaper();
+          const st: Record<string, number> = (shaperStats as Record<string, number> | undefined) ?? {};
+          row.shaper = `${st.packets ?? "?"} pkts, ${st.reordered ?? "?"} reordered (${
+            st.overtook ?? "?"
+          } overtook), ${st.dropped ?? "?"} dropped; idle SYN RTT ${rtt0} ms`;
+          console.log(`tun_shaper.py (${c.name}): ${JSON.stringify(st)}`);
+          assert.ok((st.packets ?? 0) > 1000, `the shaper carried too few packets: ${JSON.stringify(st)}`);
+          if (c.name.includes("reorder")) {
+            assert.ok((st.reordered ?? 0) > 0, `the shaper reordered nothing: ${JSON.stringify(st)}`);
+          } else {
+            // 100 ms ± 20 ms each way: an idle round trip near 200 ms.
+            assert.ok(rtt0! > 140 && rtt0! < 300, `idle SYN RTT ${rtt0} ms, expected about 200`);
+          }
+        }
         row.retransmits = retransmits("b") - retransBefore;
         nftHits += nftCount();
         if (row.how.includes("nftables")) row.nftHits = nftHits;
@@ -432,7 +547,7 @@ describe("network faults between namespaces (netem)", { skip: skipAll }, () => {
         assert.ok(row.resent < c.size, `resent ${row.resent}: the whole file`);
         row.result = "ok";
       } finally {
-        clearLink();
+        await clearLink();
         await server?.stop("SIGKILL");
       }
     });
@@ -459,16 +574,20 @@ async function writeReport(): Promise<void> {
     `in-flight bound ${fmt(IN_FLIGHT_BOUND)} B: sender stream buffer + chunk, tcp_wmem max, tcp_rmem max,`,
     "server read queue + one frame), where drops counts lost connections that had carried file bytes;",
     "failed reconnect attempts during an outage send nothing and add nothing.",
-    `Kernel capabilities: netem=${caps.netem} tbf=${caps.tbf} nft=${caps.nft}.`,
+    `Kernel capabilities: netem=${caps.netem} tbf=${caps.tbf} nft=${caps.nft} tun=${caps.tun}.`,
+    `"how" names the mechanism behind each fault: \`tc netem\`, \`tbf\`, nftables, \`ip link\`, or, where`,
+    "sch_netem is missing, the userspace TUN shaper (scripts/netem/tun_shaper.py, both namespaces route",
+    'the peer through its TUN devices); "shaper" gives its counters (reordered = packets overtaken by',
+    "a later one).",
     "",
-    "| case | how | server → sender | size | duration (s) | reconnects | bytes resent | bound | dead-peer detect (ms) | RTT median (ms) | sender TCP retransmits | nft hits | result |",
-    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    "| case | how | server → sender | size | duration (s) | reconnects | bytes resent | bound | dead-peer detect (ms) | RTT median (ms) | sender TCP retransmits | nft hits | shaper | result |",
+    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ...rows.map((r) =>
       `| ${r.name} | ${r.how} | ${r.runtimes} | ${fmt(r.size)} | ${r.seconds?.toFixed(2) ?? ""} | ${
         fmt(r.reconnects)
       } | ${fmt(r.resent)} | ${fmt(r.bound)} | ${fmt(r.detectMs)} | ${fmt(r.rttMs)} | ${
         fmt(r.retransmits)
-      } | ${fmt(r.nftHits)} | ${r.result} |`
+      } | ${fmt(r.nftHits)} | ${r.shaper ?? ""} | ${r.result} |`
     ),
     "",
   ];
