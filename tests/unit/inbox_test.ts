@@ -291,6 +291,21 @@ describe("Inbox failures", () => {
     await send(inbox, h, bytes); // the key was released
   });
 
+  it("a second discard of a failed upload leaves a newer upload of the same file alone", async () => {
+    const inbox = await open();
+    const bytes = bytesOf(10);
+    const h = { ...headerFor("twice.bin", bytes), resume: true };
+    const first = await expectUpload(inbox, h);
+    await rejectsWith(first.write(bytesOf(20), 0), "SIZE_MISMATCH"); // discards itself
+    const second = await expectUpload(inbox, h);
+    await first.discard(); // the session's own clean-up, after the fact
+    // The second upload still holds the lock and its partial.
+    await rejectsWith(inbox.begin(h), "FILE_BUSY");
+    await second.write(bytes, 0);
+    const receipt = await second.finish();
+    assert.deepEqual(new Uint8Array(await read(receipt.name)), bytes);
+  });
+
   it("FILE_BUSY for the same key twice", async () => {
     const inbox = await open();
     const bytes = bytesOf(50);
