@@ -527,7 +527,14 @@ export class Inbox {
       receivedAt: new Date().toISOString(),
     };
     if (image) receipt.image = Object.freeze({ ...image });
-    await this.#append(this.#receiptsPath, JSON.stringify(receipt) + "\n");
+    try {
+      await this.#append(this.#receiptsPath, JSON.stringify(receipt) + "\n");
+    } catch (e) {
+      // No receipt, no file: take back the name we just created, so a failure reported to the
+      // sender leaves nothing new behind. (An overwrite has already replaced the old file.)
+      if (policy !== "overwrite") await rmForce(path.join(parent, path.basename(stored)));
+      throw e;
+    }
     this.#index(receipt);
     return { ...receipt };
   }
