@@ -45,8 +45,12 @@ const MAX_FAILED_IDS = 4096;
 
 /** How long a refused or failed connection may take to read our ERROR before we cut it. */
 const LINGER_MS = 2_000;
-/** Files whose END was read and that are being finished (fsync, place, RECEIPT) while later frames are read. */
-const MAX_FINISHING = 4;
+/**
+ * Files whose END was read and that are being finished (fsync, place, RECEIPT) while later frames are
+ * read. They finish concurrently, so their directory and receipt-index fsyncs are group-committed;
+ * their answers (RECEIPT or ERROR) still go out in the order their ENDs arrived.
+ */
+const MAX_FINISHING = 16;
 
 /** Server side of one connection. */
 export class Session {
@@ -83,7 +87,10 @@ export class Session {
   /** Ids past END whose finish runs in the background; frames for them count as for unknown files. */
   #finishing = new Set<number>();
   /** Background finishes, chained so they complete (and place files) in END order. */
-  #finishTail: Promise<void> = Promise.resolve();
+  /** Finishes in progress (each settles without throwing). */
+  #finishes = new Set<Promise<void>>();
+  /** Settles once the answer to the latest END is sent: answers go out in END order. */
+  #answerTail: Promise<void> = Promise.resolve();
 
   constructor(
     id: number,
@@ -187,7 +194,7 @@ export class Session {
       this.#state = "closing";
       this.#heartbeat?.stop();
       clearTimeout(this.#deadline);
-      await this.#finishTail;
+      await this.#allFinished();
       await this.#suspendAll();
       this.#conn.close();
       this.#events.emit("disconnect", { ...this.info(), reason: reason ?? this.#failure });
@@ -380,23 +387,35 @@ export class Session {
     }
     // Finished in the background, so the next file's frames are read while this one's fsyncs run.
     this.#finishing.add(id);
-    const finishing = this.#finishTail.then(() => this.#finish(id, open));
-    this.#finishTail = finishing.catch((e) => {
+    const previous = this.#answerTail;
+    let answered!: () => void;
+    this.#answerTail = new Promise<void>((resolve) => answered = resolve);
+    const finishing: Promise<void> = this.#finish(id, open, previous).catch((e) => {
       if (!this.#closing) this.#fail(asFerryError(e)).catch(() => {});
+    }).finally(() => {
+      answered();
+      this.#finishes.delete(finishing);
     });
-    if (this.#finishing.size > MAX_FINISHING) await this.#finishTail;
+    this.#finishes.add(finishing);
+    while (this.#finishes.size >= MAX_FINISHING) await Promise.race(this.#finishes);
   }
 
-  async #finish(id: number, open: OpenUpload): Promise<void> {
+  async #allFinished(): Promise<void> {
+    while (this.#finishes.size > 0) await Promise.all(this.#finishes);
+  }
+
+  async #finish(id: number, open: OpenUpload, previous: Promise<void>): Promise<void> {
     // Forgotten only once the RECEIPT is out (queued on the socket): a graceful shutdown waits for it.
     let receipt: Receipt;
     try {
       receipt = await open.upload.finish();
     } catch (e) {
+      await previous;
       this.#finishing.delete(id);
       this.#forget(id);
       return this.#fileError(id, open.header.name, asFerryError(e));
     }
+    await previous;
     this.#filesReceived++;
     const sending = this.#sendReceipt(id, receipt, 0);
     // The RECEIPT is queued now: the client may reuse the id as soon as it reads it.
@@ -406,6 +425,8 @@ export class Session {
   }
 
   async #onMessage(id: number, text: string): Promise<void> {
+    // Files whose END came first are answered first, as when they were finished one at a time.
+    await this.#answerTail;
     const bytes = new TextEncoder().encode(text).length;
     if (bytes > this.#o.maxMessageBytes) {
       return this.#fileError(
