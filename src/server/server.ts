@@ -81,7 +81,6 @@ export interface ServerEvents extends Record<string, unknown> {
   file: { connection: ConnectionInfo; receipt: Receipt };
   fileError: { connection: ConnectionInfo; name: string; error: FerryError };
   message: { connection: ConnectionInfo; id: number; text: string; receivedAt: string };
-  progress: ConnectionInfo;
 }
 
 /** A running server, returned by {@linkcode serve}. */
@@ -203,12 +202,6 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
   let nextId = 1;
   let draining = false;
 
-  // Stale partials are swept on open; keep sweeping while the server runs.
-  const sweepTimer = setInterval(() => {
-    inbox.sweep().catch(() => {});
-  }, Math.max(60_000, Math.min(o.partialTtlMs, 3600_000)));
-  (sweepTimer as { unref?: () => void }).unref?.();
-
   const listener: Listener = await runtime.listen(
     { hostname: o.hostname, port: o.port, tls: o.tls, handshakeTimeoutMs: o.handshakeTimeoutMs },
     (conn) => {
@@ -241,6 +234,13 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
       });
     },
   );
+
+  // Stale partials are swept on open; keep sweeping while the server runs (started only once
+  // listening succeeded, so a failed start leaves no timer behind).
+  const sweepTimer = setInterval(() => {
+    inbox.sweep().catch(() => {});
+  }, Math.max(60_000, Math.min(o.partialTtlMs, 3600_000)));
+  (sweepTimer as { unref?: () => void }).unref?.();
 
   let dashboard: DashboardHandle | undefined;
   let closing: Promise<void> | undefined;

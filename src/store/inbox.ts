@@ -626,10 +626,10 @@ export class Inbox {
         const sidecar = await readSidecar(full);
         let updated = sidecar ? Date.parse(sidecar.updatedAt) : NaN;
         if (!Number.isFinite(updated)) updated = (await lstatOrUndefined(full))?.mtimeMs ?? 0;
-        if (!sidecar || now - updated > ttl) doomed.add(key);
+        if (!sidecar || now - updated >= ttl) doomed.add(key);
       } else if (entry.endsWith(".part") && !present.has(key + ".json")) {
         // A partial without a sidecar cannot be resumed: nothing says which bytes are durable.
-        if (atOpen || now - ((await lstatOrUndefined(full))?.mtimeMs ?? 0) > ttl) doomed.add(key);
+        if (atOpen || now - ((await lstatOrUndefined(full))?.mtimeMs ?? 0) >= ttl) doomed.add(key);
       } else if (entry.endsWith(".tmp") && atOpen) {
         await rmForce(full); // a sidecar update cut short by a crash
       }
