@@ -23,6 +23,7 @@ export const FrameType = {
   DATA: 0x12,
   END: 0x13,
   RECEIPT: 0x14,
+  END_DIGEST: 0x15,
   PING: 0x20,
   PONG: 0x21,
   MESSAGE: 0x30,
@@ -39,12 +40,22 @@ export const Capability = {
   AUTH: 0x4,
   /** The peer answers PING with PONG. */
   HEARTBEAT: 0x8,
+  /**
+   * The peer handles FILE with the DIGEST_AT_END flag and the END_DIGEST frame: the sender may
+   * stream a file before it knows its SHA-256 and give the hash at the end.
+   */
+  DIGEST_AT_END: 0x10,
 } as const;
 
 /** Flag bits of a FILE frame. */
 export const FileFlag = {
   /** The sender can continue from a non-zero offset. */
   RESUME: 0x1,
+  /**
+   * The `sha256` field holds a source key, not the file's hash; the file ends with END_DIGEST
+   * (which carries the hash) instead of END. Only with the DIGEST_AT_END capability on both sides.
+   */
+  DIGEST_AT_END: 0x2,
 } as const;
 
 /** Flag bits of a RECEIPT frame. */

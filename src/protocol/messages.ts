@@ -74,6 +74,12 @@ export interface EndMessage {
   kind: "end";
   id: number;
 }
+/** Client → server: all the bytes of DIGEST_AT_END file `id` were sent, and this is their SHA-256. */
+export interface EndDigestMessage {
+  kind: "end_digest";
+  id: number;
+  sha256: Uint8Array;
+}
 /** Server → client: file `id` is stored and verified (the ack). */
 export interface ReceiptMessage {
   kind: "receipt";
@@ -118,6 +124,7 @@ export type Message =
   | AcceptMessage
   | DataMessage
   | EndMessage
+  | EndDigestMessage
   | ReceiptMessage
   | PingMessage
   | PongMessage
@@ -303,6 +310,8 @@ export function encodeMessage(message: Message): Uint8Array {
     }
     case "end":
       return w.u32(message.id).frame(FrameType.END);
+    case "end_digest":
+      return w.u32(message.id).bytes(message.sha256, DIGEST_SIZE).frame(FrameType.END_DIGEST);
     case "receipt":
       return w.u32(message.id).u8(message.flags).u64(message.size).bytes(message.sha256, DIGEST_SIZE)
         .str16(message.storedName).frame(FrameType.RECEIPT);
@@ -440,6 +449,12 @@ export function decodeMessage(frame: Frame): Message {
     case FrameType.END: {
       const r = new Reader(p, "END");
       const m: EndMessage = { kind: "end", id: r.u32() };
+      r.done();
+      return m;
+    }
+    case FrameType.END_DIGEST: {
+      const r = new Reader(p, "END_DIGEST");
+      const m: EndDigestMessage = { kind: "end_digest", id: r.u32(), sha256: r.bytes(DIGEST_SIZE) };
       r.done();
       return m;
     }

@@ -82,6 +82,8 @@ export class Session {
   #handling = false;
   /** Why we closed the connection (PEER_DEAD, IDLE_TIMEOUT, …), for the disconnect event. */
   #failure?: FerryError;
+  /** Capability bits the client announced in HELLO. */
+  #clientCapabilities = 0;
   #drainWaiters: Array<() => void> = [];
   #done?: Promise<void>;
   /** Ids past END whose finish runs in the background; frames for them count as for unknown files. */
@@ -213,6 +215,7 @@ export class Session {
         `Protocol version ${hello.version} is not supported; this server speaks version ${PROTOCOL_VERSION}`,
       );
     }
+    this.#clientCapabilities = hello.capabilities;
     const ip = this.#conn.remoteAddress;
     if (this.#auth?.limited(ip)) {
       throw new FerryError("RATE_LIMITED", "Too many failed authentication attempts; try again later");
@@ -222,7 +225,7 @@ export class Session {
       kind: "welcome",
       version: PROTOCOL_VERSION,
       capabilities: Capability.RESUME | Capability.MESSAGES | Capability.HEARTBEAT |
-        (this.#auth ? Capability.AUTH : 0),
+        Capability.DIGEST_AT_END | (this.#auth ? Capability.AUTH : 0),
       maxFrameSize: this.#o.maxFrameSize,
       nonce,
     });
@@ -266,8 +269,15 @@ export class Session {
 
   async #handle(m: Message): Promise<void> {
     switch (m.kind) {
-      case "file":
+      case "file": {
         this.#touch();
+        const digestAtEnd = (m.flags & FileFlag.DIGEST_AT_END) !== 0;
+        if (digestAtEnd && !(this.#clientCapabilities & Capability.DIGEST_AT_END)) {
+          throw new ProtocolError(
+            "BAD_HEADER",
+            `FILE id ${m.id} has the DIGEST_AT_END flag, but HELLO did not announce the DIGEST_AT_END capability`,
+          );
+        }
         return this.#onFile(m.id, {
           name: m.name,
           size: m.size,
@@ -276,13 +286,24 @@ export class Session {
           mime: m.mime,
           sender: this.#peer,
           resume: (m.flags & FileFlag.RESUME) !== 0,
+          digestAtEnd,
         });
+      }
       case "data":
         this.#touch();
         return this.#onData(m.id, m.offset, m.bytes);
       case "end":
         this.#touch();
         return this.#onEnd(m.id);
+      case "end_digest":
+        if (!(this.#clientCapabilities & Capability.DIGEST_AT_END)) {
+          throw new ProtocolError(
+            "UNEXPECTED_FRAME",
+            "END_DIGEST from a client that did not announce the DIGEST_AT_END capability",
+          );
+        }
+        this.#touch();
+        return this.#onEnd(m.id, toHex(m.sha256));
       case "message":
         this.#touch();
         return this.#onMessage(m.id, m.text);
@@ -375,14 +396,27 @@ export class Session {
     }
   }
 
-  async #onEnd(id: number): Promise<void> {
+  /** END (`digest` undefined) or END_DIGEST (`digest` = the sender's SHA-256, hex). */
+  async #onEnd(id: number, digest?: string): Promise<void> {
     if (this.#failed.has(id)) return;
+    const frame = digest === undefined ? "END" : "END_DIGEST";
     const open = this.#finishing.has(id) ? undefined : this.#uploads.get(id);
     if (!open) {
       return this.#fileError(
         id,
         "",
-        new FerryError("UNKNOWN_FILE", `END for file id ${id}, which is not open`),
+        new FerryError("UNKNOWN_FILE", `${frame} for file id ${id}, which is not open`),
+      );
+    }
+    if ((open.header.digestAtEnd === true) !== (digest !== undefined)) {
+      // The client broke the protocol for this file: nothing of it is kept, and the connection ends.
+      this.#forget(id);
+      await open.upload.discard().catch(() => {});
+      throw new ProtocolError(
+        "UNEXPECTED_FRAME",
+        open.header.digestAtEnd
+          ? `END for file id ${id}, which was offered with DIGEST_AT_END: it must end with END_DIGEST`
+          : `END_DIGEST for file id ${id}, which was offered with its SHA-256: it must end with END`,
       );
     }
     // Finished in the background, so the next file's frames are read while this one's fsyncs run.
@@ -390,7 +424,7 @@ export class Session {
     const previous = this.#answerTail;
     let answered!: () => void;
     this.#answerTail = new Promise<void>((resolve) => answered = resolve);
-    const finishing: Promise<void> = this.#finish(id, open, previous).catch((e) => {
+    const finishing: Promise<void> = this.#finish(id, open, previous, digest).catch((e) => {
       if (!this.#closing) this.#fail(asFerryError(e)).catch(() => {});
     }).finally(() => {
       answered();
@@ -404,11 +438,11 @@ export class Session {
     while (this.#finishes.size > 0) await Promise.all(this.#finishes);
   }
 
-  async #finish(id: number, open: OpenUpload, previous: Promise<void>): Promise<void> {
+  async #finish(id: number, open: OpenUpload, previous: Promise<void>, digest?: string): Promise<void> {
     // Forgotten only once the RECEIPT is out (queued on the socket): a graceful shutdown waits for it.
     let receipt: Receipt;
     try {
-      receipt = await open.upload.finish();
+      receipt = await open.upload.finish(digest);
     } catch (e) {
       await previous;
       this.#finishing.delete(id);
@@ -417,7 +451,8 @@ export class Session {
     }
     await previous;
     this.#filesReceived++;
-    const sending = this.#sendReceipt(id, receipt, 0);
+    // A DIGEST_AT_END file can turn out to be a duplicate only now, once its hash is known.
+    const sending = this.#sendReceipt(id, receipt, receipt.duplicate ? ReceiptFlag.DUPLICATE : 0);
     // The RECEIPT is queued now: the client may reuse the id as soon as it reads it.
     this.#finishing.delete(id);
     this.#forget(id);

@@ -96,7 +96,10 @@ export interface FileHeader {
   name: string;
   /** Size in bytes. */
   size: number;
-  /** SHA-256 of the content, lowercase hex. */
+  /**
+   * SHA-256 of the content, lowercase hex; with `digestAtEnd`, the sender's source key (64 hex
+   * digits too), and the content's hash is given to {@linkcode Upload.finish} instead.
+   */
   sha256: string;
   /** Modification time in ms since the epoch; 0 = unknown. */
   mtimeMs: number;
@@ -106,6 +109,12 @@ export interface FileHeader {
   sender: string;
   /** The sender can continue from a non-zero offset. */
   resume: boolean;
+  /**
+   * The sender streams before it knows the hash (protocol flag DIGEST_AT_END): `sha256` is a source
+   * key that only identifies the partial, and the hash comes with {@linkcode Upload.finish}. A
+   * duplicate is then found at the end, not by `begin()`. Default false.
+   */
+  digestAtEnd?: boolean;
 }
 
 /**
@@ -189,6 +198,8 @@ interface Sidecar {
   size: number;
   sha256: string;
   mtimeMs: number;
+  /** Present (true) when `sha256` is a source key: a key is never taken for a hash. */
+  digestAtEnd?: boolean;
   durableOffset: number;
   updatedAt: string;
 }
@@ -431,7 +442,8 @@ export class Inbox {
     busyKeys.add(lock);
     let handle: fs.FileHandle | undefined;
     try {
-      const dup = await this.#findDuplicate(h.name, h.sha256);
+      // With a digest at the end, the hash is not known yet: duplicates are found by finish().
+      const dup = h.digestAtEnd ? undefined : await this.#findDuplicate(h.name, h.sha256);
       if (dup) {
         busyKeys.delete(lock);
         return { kind: "duplicate", receipt: { ...dup, duplicate: true } };
@@ -464,6 +476,7 @@ export class Inbox {
         sidecarPath,
         release: () => busyKeys.delete(lock),
         commit: (temp, header, image) => this.#commit(temp, header, image),
+        findDuplicate: (name, sha256) => this.#findDuplicate(name, sha256),
         inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
       });
@@ -727,6 +740,7 @@ interface UploadInit {
   sidecarPath: string;
   release: () => void;
   commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
+  findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
   inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   syncEveryBytes: number;
 }
@@ -766,6 +780,7 @@ export class Upload {
   /** The validated (NFC) requested name. */
   readonly name: string;
   readonly #commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
+  readonly #findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
   readonly #inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   readonly #header: FileHeader;
   readonly #handle: fs.FileHandle;
@@ -784,6 +799,7 @@ export class Upload {
   /** Internal: use {@linkcode Inbox.begin}. */
   constructor(init: UploadInit) {
     this.#commit = init.commit;
+    this.#findDuplicate = init.findDuplicate;
     this.#inspect = init.inspect;
     this.#header = init.header;
     this.#handle = init.handle;
@@ -863,14 +879,30 @@ export class Upload {
    * deleted. Placement can also fail with `BAD_NAME` (a symlink appeared in
    * the path), `NAME_EXISTS` or `DISK_FULL`; the partial is deleted then too.
    *
+   * `sha256` (lowercase hex) is the sender's hash of the whole file, given
+   * here, and only here, for a `digestAtEnd` upload (`BAD_HEADER` if it is
+   * missing, or given for an ordinary upload). If a file with the same
+   * requested name and that hash is already stored, the partial is deleted
+   * and the original receipt is returned, marked `duplicate`.
+   *
    * @example
    * ```ts ignore
    * const receipt = await upload.finish(); // receipt.name may be "photo (1).jpg"
    * ```
    */
-  finish(): Promise<Receipt> {
+  finish(sha256?: string): Promise<Receipt> {
     return this.#queue(async () => {
       this.#assertOpen();
+      const atEnd = this.#header.digestAtEnd === true;
+      if (atEnd ? typeof sha256 !== "string" || !SHA256_HEX.test(sha256) : sha256 !== undefined) {
+        await this.#discard();
+        throw new FerryError(
+          "BAD_HEADER",
+          atEnd
+            ? `Cannot store "${this.#shown()}": the SHA-256 must be given at the end (64 lowercase hex digits)`
+            : `Cannot store "${this.#shown()}": its SHA-256 was declared in the header, not at the end`,
+        );
+      }
       if (this.#received !== this.size) {
         await this.#discard();
         throw new FerryError(
@@ -878,17 +910,34 @@ export class Upload {
           `Cannot store "${this.#shown()}": received ${this.#received} of ${this.size} bytes`,
         );
       }
+      const declared = atEnd ? sha256! : this.#header.sha256;
       const digest = this.#hash.digest("hex");
-      if (digest !== this.#header.sha256) {
+      if (digest !== declared) {
         await this.#discard();
         throw new FerryError(
           "HASH_MISMATCH",
-          `Cannot store "${this.#shown()}": SHA-256 is ${digest}, the sender declared ${this.#header.sha256}`,
+          `Cannot store "${this.#shown()}": SHA-256 is ${digest}, the sender declared ${declared}`,
         );
+      }
+      // From here on the header carries the verified hash (what the receipt records).
+      const header = atEnd ? { ...this.#header, sha256: digest } : this.#header;
+      if (atEnd) {
+        let dup: Receipt | undefined;
+        try {
+          dup = await this.#findDuplicate(header.name, digest);
+        } catch (e) {
+          await this.#discard();
+          throw ioError(`store "${this.#shown()}"`, e);
+        }
+        if (dup) {
+          // Already stored under this name with this content: keep nothing new.
+          await this.#discard();
+          return { ...dup, duplicate: true };
+        }
       }
       try {
         // A refusal (e.g. CORRUPT_IMAGE) lands in the catch below, which deletes the partial.
-        const image = await this.#inspect?.(this.#partPath, this.#header);
+        const image = await this.#inspect?.(this.#partPath, header);
         // Without a time from the sender, a photo's EXIF DateTimeOriginal is the next best.
         const taken = image?.takenAt ? Date.parse(image.takenAt) : NaN;
         const mtimeMs = this.#header.mtimeMs > 0 ? this.#header.mtimeMs : taken > 0 ? taken : 0;
@@ -898,7 +947,7 @@ export class Upload {
         await this.#handle.sync();
         this.#closed = true;
         await this.#handle.close();
-        const receipt = await this.#commit(this.#partPath, this.#header, image);
+        const receipt = await this.#commit(this.#partPath, header, image);
         this.#settled = true;
         await rmForce(this.#sidecarPath);
         this.#release();
@@ -1049,6 +1098,7 @@ function checkHeader(h: FileHeader): FileHeader {
     mime: h.mime,
     sender: h.sender,
     resume: h.resume === true,
+    digestAtEnd: h.digestAtEnd === true,
   };
 }
 
@@ -1088,9 +1138,13 @@ function checkImage(v: unknown): ReceiptImage | undefined {
   return Object.freeze(image);
 }
 
-/** sha256 hex of `name\0size\0sha256\0mtimeMs`: a changed file gets a new partial. */
+/**
+ * sha256 hex of `name\0size\0sha256\0mtimeMs` (plus `\0digest-at-end` when `sha256` is a source
+ * key, so a key never matches a hash): a changed file gets a new partial.
+ */
 function partialKey(h: FileHeader): string {
-  return createHash("sha256").update(`${h.name}\0${h.size}\0${h.sha256}\0${h.mtimeMs}`).digest("hex");
+  const identity = `${h.name}\0${h.size}\0${h.sha256}\0${h.mtimeMs}` + (h.digestAtEnd ? "\0digest-at-end" : "");
+  return createHash("sha256").update(identity).digest("hex");
 }
 
 function keyOf(entry: string): string | undefined {
@@ -1104,6 +1158,7 @@ function sidecarFor(h: FileHeader, durableOffset: number): Sidecar {
     size: h.size,
     sha256: h.sha256,
     mtimeMs: h.mtimeMs,
+    ...(h.digestAtEnd ? { digestAtEnd: true } : {}),
     durableOffset,
     updatedAt: new Date().toISOString(),
   };
@@ -1144,7 +1199,7 @@ async function tryResume(
   const s = await readSidecar(sidecarPath);
   if (
     !s || s.name !== h.name || s.size !== h.size || s.sha256 !== h.sha256 || s.mtimeMs !== h.mtimeMs ||
-    s.durableOffset < 0 || s.durableOffset > h.size
+    (s.digestAtEnd === true) !== (h.digestAtEnd === true) || s.durableOffset < 0 || s.durableOffset > h.size
   ) return undefined;
   let handle: fs.FileHandle;
   try {
