@@ -33,6 +33,13 @@ Options:
                          (default 8; 0 = no resume)
   --chunk-size SIZE      Bytes per data frame (default 256K)
   --window N             File headers sent ahead, for many small files (default 32)
+  --hash-first           Hash each file completely before sending any of it, and declare the
+                         SHA-256 in its header. A file the server already has is then skipped
+                         before a byte moves, but a large file costs a full extra read (about
+                         1 s per GiB) before it starts. Default: a file larger than one chunk
+                         starts at once and is hashed while it is sent (the hash follows its
+                         last byte), so an identical re-send is found only at its end; files up
+                         to one chunk are read once and offered with their hash either way.
   --heartbeat-interval DUR
                          PING interval while connected (default 5s)
   --heartbeat-misses N   Silent intervals before the server is declared dead and the
@@ -81,6 +88,7 @@ export async function sendMain(args: string[]): Promise<number> {
         retries: { type: "string" },
         "chunk-size": { type: "string" },
         window: { type: "string" },
+        "hash-first": { type: "boolean", default: false },
         "heartbeat-interval": { type: "string" },
         "heartbeat-misses": { type: "string" },
         "backoff-max": { type: "string" },
@@ -106,7 +114,7 @@ export async function sendMain(args: string[]): Promise<number> {
     return usage("Nothing to send: give files, folders or --message");
   }
 
-  const options: SendOptions = { messages };
+  const options: SendOptions = { messages, hashFirst: values["hash-first"] };
   let target;
   try {
     target = parseTarget(positionals[positionals.length - 1]);

@@ -1,5 +1,5 @@
-import { createHash } from "node:crypto";
-import { open, readdir, stat } from "node:fs/promises";
+import { createHash, type Hash } from "node:crypto";
+import { type FileHandle, open, readdir, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { FerryError } from "../errors.ts";
 
@@ -16,9 +16,23 @@ export interface LocalFile {
   path: string;
   name: string;
   size: number;
+  /** Modification time in ms, rounded down. */
   mtimeMs: number;
-  sha256: Uint8Array;
+  /** Device and inode: with the path, size and mtime they make the source key ({@linkcode sourceKey}). */
+  dev: number;
+  ino: number;
+  /**
+   * SHA-256 of the content, when it is known before sending: a hash pass ({@linkcode describeFile}) or
+   * a small file read once ({@linkcode readWholeFile}). Unset for a file streamed with its digest at
+   * the end.
+   */
+  sha256?: Uint8Array;
+  /** The whole content of a small file read once: it is sent from this same buffer. */
+  data?: Uint8Array;
 }
+
+/** Domain separation of the source key: never equal to the SHA-256 of any content one would send. */
+const SOURCE_KEY_CONTEXT = "ferry-source-key-v1";
 
 /** Read size for hashing and sending: large, so the hot path makes few calls. */
 export const READ_CHUNK = 1024 * 1024;
@@ -74,7 +88,113 @@ async function walk(
 }
 
 /**
- * Stats and hashes a file (SHA-256 over large reads).
+ * Stats a file, without reading it.
+ *
+ * @example
+ * ```ts
+ * import { statFile } from "./files.ts";
+ * const file = await statFile({ path: "big.iso", name: "big.iso" });
+ * file.size; file.sha256; // undefined: not read
+ * ```
+ */
+export async function statFile(item: Required<SendItem>): Promise<LocalFile> {
+  const info = await stat(item.path);
+  if (!info.isFile()) throw new FerryError("IO_ERROR", `Cannot send ${item.path}: not a regular file`);
+  return identity(item, info);
+}
+
+function identity(
+  item: Required<SendItem>,
+  info: { size: number; mtimeMs: number; dev: number; ino: number },
+): LocalFile {
+  return {
+    path: item.path,
+    name: item.name,
+    size: info.size,
+    mtimeMs: Math.max(0, Math.floor(info.mtimeMs)),
+    dev: info.dev,
+    ino: info.ino,
+  };
+}
+
+/**
+ * Reads a (small) file once into memory and hashes it: the buffer is what gets
+ * sent, so the file is never read twice and the hash always matches the bytes.
+ *
+ * @example
+ * ```ts
+ * import { readWholeFile } from "./files.ts";
+ * const file = await readWholeFile({ path: "note.txt", name: "note.txt" });
+ * file.data!.length === file.size; // true
+ * ```
+ */
+export async function readWholeFile(item: Required<SendItem>): Promise<LocalFile> {
+  const handle = await open(item.path, "r");
+  try {
+    const info = await handle.stat();
+    // One byte more than the size: a file that grew since the stat is noticed.
+    const buffer = new Uint8Array(info.size + 1);
+    let got = 0;
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, got, buffer.length - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+      if (got === buffer.length) break;
+    }
+    if (got !== info.size) {
+      throw new FerryError("IO_ERROR", `Cannot send ${item.path}: it changed while being read`);
+    }
+    const data = buffer.subarray(0, got);
+    return {
+      ...identity(item, info),
+      data,
+      sha256: new Uint8Array(createHash("sha256").update(data).digest()),
+    };
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * The source key of a file streamed with its digest at the end: SHA-256 over
+ * a context string, the absolute path, device, inode, size and modification
+ * time. It goes where the SHA-256 would, so the receiver can recognise the
+ * partial of an unchanged file after a reconnect or a restart of the sender.
+ *
+ * @example
+ * ```ts
+ * import { sourceKey, statFile } from "./files.ts";
+ * const key = sourceKey(await statFile({ path: "big.iso", name: "big.iso" })); // 32 bytes
+ * ```
+ */
+export function sourceKey(file: LocalFile): Uint8Array {
+  const fields = [SOURCE_KEY_CONTEXT, resolve(file.path), file.dev, file.ino, file.size, file.mtimeMs];
+  return new Uint8Array(createHash("sha256").update(fields.join("\0")).digest());
+}
+
+/**
+ * Hashes `[0, end)` of an open file into `hash` (large reads, the next one
+ * overlapping the hashing of the current one). Throws if the file is shorter.
+ */
+export async function hashRange(handle: FileHandle, end: number, hash: Hash, path: string): Promise<void> {
+  if (end === 0) return;
+  let buffer = new Uint8Array(Math.min(READ_CHUNK, end));
+  let spare = new Uint8Array(buffer.length);
+  let position = 0;
+  let reading = handle.read(buffer, 0, buffer.length, 0);
+  while (position < end) {
+    const { bytesRead } = await reading;
+    if (bytesRead === 0) throw new FerryError("IO_ERROR", `Cannot send ${path}: it shrank while being read`);
+    const chunk = buffer.subarray(0, Math.min(bytesRead, end - position));
+    position += chunk.length;
+    if (position < end) reading = handle.read(spare, 0, Math.min(spare.length, end - position), position);
+    hash.update(chunk);
+    [buffer, spare] = [spare, buffer];
+  }
+}
+
+/**
+ * Stats and hashes a file (SHA-256 over large reads): the hash pass of `--hash-first`.
  *
  * @example
  * ```ts
@@ -104,13 +224,7 @@ export async function describeFile(item: Required<SendItem>): Promise<LocalFile>
     if (after.size !== position || after.mtimeMs !== (await stat(item.path)).mtimeMs) {
       throw new FerryError("IO_ERROR", `Cannot send ${item.path}: it changed while being read`);
     }
-    return {
-      path: item.path,
-      name: item.name,
-      size: position,
-      mtimeMs: Math.max(0, Math.floor(after.mtimeMs)),
-      sha256: new Uint8Array(hash.digest()),
-    };
+    return { ...identity(item, after), sha256: new Uint8Array(hash.digest()) };
   } finally {
     await handle.close();
   }

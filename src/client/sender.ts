@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { createHash, type Hash } from "node:crypto";
 import { open } from "node:fs/promises";
 import { FerryError, ProtocolError, RemoteError } from "../errors.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../framing/frame.ts";
@@ -26,9 +27,13 @@ import {
   describeFile,
   expandItems,
   fileChanged,
+  hashRange,
   type LocalFile,
   READ_CHUNK,
+  readWholeFile,
   type SendItem,
+  sourceKey,
+  statFile,
 } from "./files.ts";
 import { parseTarget, type SendTarget } from "./target.ts";
 
@@ -42,6 +47,15 @@ export interface SendOptions {
   messages?: string[];
   /** Bytes per DATA frame, capped by the server's max frame size. Default 256 KiB. */
   chunkSize?: number;
+  /**
+   * Hash every file before sending it and declare the SHA-256 in its header (the pre-DIGEST_AT_END
+   * behaviour). Costs a full read of each large file before its first byte is sent, but a file the
+   * server already has is skipped before any byte moves. Default false: a file larger than one chunk
+   * is streamed at once and hashed while it is sent (when the server supports DIGEST_AT_END), so
+   * an identical re-send is recognised only at its end, after its bytes were sent. Files up to one
+   * chunk are always read once, hashed and offered with their hash.
+   */
+  hashFirst?: boolean;
   /** FILE headers sent ahead of the file being streamed. Default 32. */
   window?: number;
   /**
@@ -155,6 +169,21 @@ interface FileJob {
   accepted: number;
 }
 
+/** Default bytes per DATA frame; files up to this size are read once into memory. */
+const DEFAULT_CHUNK = 256 * 1024;
+
+/** A FILE sent on one connection, waiting for its answer. */
+interface Offered {
+  id: number;
+  job: FileJob;
+  answer: Deferred<Answer>;
+  finished: Deferred<void>;
+  /** Offered with the DIGEST_AT_END flag: the header held a source key. */
+  digestAtEnd: boolean;
+  /** With `digestAtEnd`: the SHA-256 computed while streaming, sent in END_DIGEST. */
+  digest?: Uint8Array;
+}
+
 /** The answer to a FILE frame on one connection. */
 type Answer = { kind: "accept"; offset: number } | { kind: "finished" };
 
@@ -187,11 +216,18 @@ export async function send(
   const result: SendResult = { receipts: [], failures: [], messagesAcked: 0, bytesSent: 0, reconnects: 0 };
   const retries = options.retries ?? 8;
   const runtime = options.runtime ?? defaultRuntime();
+  const small = smallFileLimit(options);
+  // Sizes come from stat: files are read (and small ones hashed) only when they are offered, except
+  // large ones with --hash-first, which get their hash pass here, before anything is sent.
+  const describe = async (item: Required<SendItem>): Promise<LocalFile> => {
+    const file = await statFile(item);
+    return options.hashFirst && file.size > small ? await describeFile(item) : file;
+  };
 
   let totalBytes = 0;
   for (const job of jobs) {
     try {
-      job.file = await describeFile(job.item);
+      job.file = await describe(job.item);
       totalBytes += job.file.size;
     } catch (e) {
       fail(job, e instanceof FerryError ? e : new FerryError("IO_ERROR", String(e), { cause: e }));
@@ -201,6 +237,7 @@ export async function send(
 
   function fail(job: FileJob, error: FerryError): void {
     job.done = true;
+    if (job.file) job.file.data = undefined;
     result.failures.push({ path: job.item.path, name: job.item.name, error });
     emit({ type: "error", name: job.item.name, code: error.code, message: error.message });
   }
@@ -252,11 +289,12 @@ export async function send(
       });
       result.reconnects++;
       await sleep(delayMs, options.signal);
-      // A source that changed while we were away is re-hashed, so old and new bytes are never spliced.
+      // A source that changed while we were away gets a new identity (hash or source key), so old and
+      // new bytes are never spliced.
       for (const job of jobs) {
         if (!job.done && job.file && await fileChanged(job.file)) {
           try {
-            job.file = await describeFile(job.item);
+            job.file = await describe(job.item);
             job.accepted = 0;
           } catch (err) {
             fail(job, err instanceof FerryError ? err : new FerryError("IO_ERROR", String(err)));
@@ -269,6 +307,11 @@ export async function send(
     }
   }
   return result;
+}
+
+/** Files up to this size are read once into memory, hashed, and offered with their hash. */
+function smallFileLimit(options: SendOptions): number {
+  return Math.max(1, Math.min(options.chunkSize ?? DEFAULT_CHUNK, READ_CHUNK));
 }
 
 function toConnectionError(e: unknown): FerryError {
@@ -328,7 +371,9 @@ class ClientSession {
   #fail: (job: FileJob, error: FerryError) => void;
   #progress: { totalBytes: number; totalSent: () => number };
   #serverMaxFrame = DEFAULT_MAX_FRAME_SIZE;
-  #answers = new Map<number, { job: FileJob; answer: Deferred<Answer>; finished: Deferred<void> }>();
+  /** The server announced DIGEST_AT_END: large files may be streamed before they are hashed. */
+  #digestAtEnd = false;
+  #answers = new Map<number, Offered>();
   #acks = new Map<number, Deferred<boolean>>();
   #broken = deferred<never>();
   #heartbeat?: Heartbeat;
@@ -360,11 +405,13 @@ class ClientSession {
       await this.#channel.send({
         kind: "hello",
         version: PROTOCOL_VERSION,
-        capabilities: Capability.RESUME | Capability.MESSAGES | Capability.HEARTBEAT,
+        capabilities: Capability.RESUME | Capability.MESSAGES | Capability.HEARTBEAT |
+          Capability.DIGEST_AT_END,
         maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
       });
       const welcome = await this.#expect("welcome");
       this.#serverMaxFrame = welcome.maxFrameSize;
+      this.#digestAtEnd = (welcome.capabilities & Capability.DIGEST_AT_END) !== 0;
       if (welcome.capabilities & Capability.AUTH) {
         if (this.#o.token === undefined) {
           throw new FerryError(
@@ -433,23 +480,38 @@ class ClientSession {
   async #sendAll(jobs: FileJob[], messages: Array<{ text: string; acked: boolean }>): Promise<void> {
     const todo = jobs.filter((j) => !j.done && j.file);
     const window = Math.max(1, this.#o.window ?? 32);
-    const entries: Array<{ id: number; job: FileJob; answer: Deferred<Answer>; finished: Deferred<void> }> =
-      [];
+    const entries: Offered[] = [];
     let headersSent = 0;
     const sendHeadersUpTo = async (n: number) => {
       for (; headersSent < Math.min(n, todo.length); headersSent++) {
         const job = todo[headersSent];
-        const file = job.file!;
         const id = this.#nextId++;
-        const entry = { id, job, answer: deferred<Answer>(), finished: deferred<void>() };
-        this.#answers.set(id, entry);
+        const entry: Offered = {
+          id,
+          job,
+          answer: deferred<Answer>(),
+          finished: deferred<void>(),
+          digestAtEnd: false,
+        };
         entries.push(entry);
+        let field: Uint8Array;
+        try {
+          field = await this.#prepare(entry);
+        } catch (e) {
+          // The local file cannot be read: it fails alone, before anything was offered.
+          this.#fail(job, e instanceof FerryError ? e : new FerryError("IO_ERROR", String(e), { cause: e }));
+          entry.answer.resolve({ kind: "finished" });
+          entry.finished.resolve();
+          continue;
+        }
+        const file = job.file!;
+        this.#answers.set(id, entry);
         await this.#channel.send({
           kind: "file",
           id,
-          flags: FileFlag.RESUME,
+          flags: FileFlag.RESUME | (entry.digestAtEnd ? FileFlag.DIGEST_AT_END : 0),
           size: file.size,
-          sha256: file.sha256,
+          sha256: field,
           mtimeMs: file.mtimeMs,
           name: file.name,
           mime: "",
@@ -462,7 +524,7 @@ class ClientSession {
       const answer = await entry.answer.promise;
       if (answer.kind === "accept") {
         try {
-          await this.#stream(entry.id, entry.job, answer.offset);
+          await this.#stream(entry, answer.offset);
         } catch (e) {
           if (!(e instanceof LocalFileError)) throw e;
           // Our own file failed, not the connection: abandon just this file (the server drops its
@@ -511,7 +573,30 @@ class ClientSession {
     if (this.#retryLater) throw this.#retryLater;
   }
 
-  async #stream(id: number, job: FileJob, offset: number): Promise<void> {
+  /**
+   * Decides how a file is offered on this connection and returns the header's 32-byte field: a large
+   * file (more than one chunk) goes with DIGEST_AT_END and its source key when the server supports it
+   * and `hashFirst` is off; any other file with its SHA-256, which for a small file comes from reading
+   * it once into memory (the buffer it is then sent from).
+   */
+  async #prepare(entry: Offered): Promise<Uint8Array> {
+    const job = entry.job;
+    let file = job.file!;
+    if (file.sha256 === undefined && file.size > smallFileLimit(this.#o) && this.#digestAtEnd) {
+      entry.digestAtEnd = true;
+      return sourceKey(file);
+    }
+    if (file.sha256 === undefined) {
+      // A small file is read now, once; a large one for a server without DIGEST_AT_END gets a hash pass.
+      file = job.file = file.size <= smallFileLimit(this.#o)
+        ? await readWholeFile(job.item)
+        : await describeFile(job.item);
+    }
+    return file.sha256!;
+  }
+
+  async #stream(entry: Offered, offset: number): Promise<void> {
+    const { id, job } = entry;
     const file = job.file!;
     if (offset > file.size) {
       throw new ProtocolError("BAD_OFFSET", `Server asked for offset ${offset} past the end`);
@@ -519,27 +604,41 @@ class ClientSession {
     this.#emit({ type: "file", name: file.name, size: file.size, offset });
     const chunkSize = Math.max(
       1,
-      Math.min(this.#o.chunkSize ?? 256 * 1024, this.#serverMaxFrame - DATA_PREFIX_SIZE, READ_CHUNK),
+      Math.min(this.#o.chunkSize ?? DEFAULT_CHUNK, this.#serverMaxFrame - DATA_PREFIX_SIZE, READ_CHUNK),
     );
     job.sent = offset;
-    const handle = await open(file.path, "r").catch((e: Error) => {
+    const readError = (e: Error): never => {
       throw new LocalFileError("IO_ERROR", `Cannot read ${file.path}: ${e.message}`, { cause: e });
-    });
+    };
+    // A small file read once is sent from its buffer; anything else is read from disk as it goes.
+    const data = file.data;
+    const handle = data ? undefined : await open(file.path, "r").catch(readError);
+    // DIGEST_AT_END: hash exactly the bytes sent; on a resume, first the bytes the receiver kept.
+    let hash: Hash | undefined;
     // The next chunk is read while the current one is sent, so disk and socket work overlap.
     const readAt = (at: number): Promise<Uint8Array> => {
+      const length = Math.min(chunkSize, file.size - at);
+      if (data) return Promise.resolve(data.subarray(at, at + length));
       // A fresh buffer each time: the socket may still hold the previous one.
-      const buffer = new Uint8Array(Math.min(chunkSize, file.size - at));
-      const reading = handle.read(buffer, 0, buffer.length, at).then(
+      const buffer = new Uint8Array(length);
+      const reading = handle!.read(buffer, 0, buffer.length, at).then(
         ({ bytesRead }) => buffer.subarray(0, bytesRead),
-        (e: Error) => {
-          throw new LocalFileError("IO_ERROR", `Cannot read ${file.path}: ${e.message}`, { cause: e });
-        },
+        readError,
       );
       reading.catch(() => {}); // awaited in the loop; must not count as unhandled meanwhile
       return reading;
     };
-    let next = offset < file.size ? readAt(offset) : undefined;
+    let next: Promise<Uint8Array> | undefined;
     try {
+      if (entry.digestAtEnd) {
+        hash = createHash("sha256");
+        // If the source changed under the same size and mtime, the receiver's running hash (over its
+        // kept bytes) will differ from ours: HASH_MISMATCH, never a silent splice.
+        await hashRange(handle!, offset, hash, file.path).catch((e: Error) => {
+          throw e instanceof LocalFileError ? e : new LocalFileError("IO_ERROR", e.message, { cause: e });
+        });
+      }
+      next = offset < file.size ? readAt(offset) : undefined;
       let position = offset;
       let lastEmit = 0;
       // A refusal mid-file (DISK_FULL, …) marks the job done: stop sending bytes the server drops.
@@ -550,7 +649,10 @@ class ClientSession {
           throw new LocalFileError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
         }
         next = position + bytesRead < file.size ? readAt(position + bytesRead) : undefined;
-        await this.#channel.sendData(id, position, chunk);
+        const sending = this.#channel.sendData(id, position, chunk);
+        // Hashed while the socket takes the same buffer: no copy, and the two overlap.
+        hash?.update(chunk);
+        await sending;
         position += bytesRead;
         job.sent = position;
         this.#result.bytesSent += bytesRead;
@@ -567,11 +669,24 @@ class ClientSession {
           });
         }
       }
+      if (hash && !job.done) {
+        // Bytes sent from a file that was being rewritten meanwhile would not be the file: refuse them.
+        const after = await handle!.stat().catch(readError);
+        if (after.size !== file.size || Math.max(0, Math.floor(after.mtimeMs)) !== file.mtimeMs) {
+          throw new LocalFileError("IO_ERROR", `Cannot send ${file.path}: it changed while being sent`);
+        }
+      }
     } finally {
       await next?.catch(() => {});
-      await handle.close();
+      await handle?.close();
     }
-    if (!job.done) await this.#channel.send({ kind: "end", id });
+    if (job.done) return;
+    if (hash) {
+      entry.digest = new Uint8Array(hash.digest());
+      await this.#channel.send({ kind: "end_digest", id, sha256: entry.digest });
+    } else {
+      await this.#channel.send({ kind: "end", id });
+    }
   }
 
   async #readLoop(): Promise<void> {
@@ -604,7 +719,10 @@ class ClientSession {
         const sha256 = toHex(m.sha256);
         entry.job.done = true;
         entry.job.sent = file.size;
-        if (sha256 !== toHex(file.sha256) || m.size !== file.size) {
+        file.data = undefined;
+        // Our own hash: from before the offer, or (DIGEST_AT_END) computed while streaming.
+        const ours = entry.digestAtEnd ? entry.digest : file.sha256;
+        if (ours === undefined || sha256 !== toHex(ours) || m.size !== file.size) {
           this.#fail(
             entry.job,
             new FerryError("HASH_MISMATCH", `Receiver's hash of ${file.name} does not match the local file`),

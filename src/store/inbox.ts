@@ -1143,7 +1143,8 @@ function checkImage(v: unknown): ReceiptImage | undefined {
  * key, so a key never matches a hash): a changed file gets a new partial.
  */
 function partialKey(h: FileHeader): string {
-  const identity = `${h.name}\0${h.size}\0${h.sha256}\0${h.mtimeMs}` + (h.digestAtEnd ? "\0digest-at-end" : "");
+  const identity = `${h.name}\0${h.size}\0${h.sha256}\0${h.mtimeMs}` +
+    (h.digestAtEnd ? "\0digest-at-end" : "");
   return createHash("sha256").update(identity).digest("hex");
 }
 
