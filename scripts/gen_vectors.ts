@@ -105,6 +105,13 @@ const NONCE = range(32);
 const TOKEN = "s3cret";
 const CAPS = Capability.RESUME | Capability.MESSAGES | Capability.HEARTBEAT;
 const NON_ASCII_NAME = "Café/résumé 写真.txt";
+/**
+ * The source key ferry's sender puts in a DIGEST_AT_END FILE for /home/ann/hello.txt (device 2049,
+ * inode 131073, 6 bytes, MTIME): SHA-256 of the fields joined with NUL bytes (PROTOCOL.md §12).
+ */
+const SOURCE_KEY_INPUT = ["ferry-source-key-v1", "/home/ann/hello.txt", "2049", "131073", "6", String(MTIME)]
+  .join("\0");
+const HELLO_SOURCE_KEY = sha256(SOURCE_KEY_INPUT);
 if (NON_ASCII_NAME !== NON_ASCII_NAME.normalize("NFC")) throw new Error("NON_ASCII_NAME must be NFC");
 
 function error(code: ErrorCode, id: number, message: string): Message {
@@ -121,6 +128,29 @@ const VALID: Array<{ name: string; description: string; message: Message }> = [
       version: PROTOCOL_VERSION,
       capabilities: CAPS,
       maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
+    },
+  },
+  {
+    name: "hello_digest_at_end",
+    description:
+      "Client HELLO also announcing DIGEST_AT_END (0x10): it may offer files with the DIGEST_AT_END flag and end them with END_DIGEST. ferry's sender sends this one.",
+    message: {
+      kind: "hello",
+      version: PROTOCOL_VERSION,
+      capabilities: CAPS | Capability.DIGEST_AT_END,
+      maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
+    },
+  },
+  {
+    name: "welcome_digest_at_end",
+    description:
+      "Server WELCOME without auth, announcing DIGEST_AT_END: it accepts files whose SHA-256 comes at the end. ferry's server sends this one.",
+    message: {
+      kind: "welcome",
+      version: PROTOCOL_VERSION,
+      capabilities: CAPS | Capability.DIGEST_AT_END,
+      maxFrameSize: DEFAULT_MAX_FRAME_SIZE,
+      nonce: new Uint8Array(0),
     },
   },
   {
@@ -254,6 +284,21 @@ const VALID: Array<{ name: string; description: string; message: Message }> = [
     },
   },
   {
+    name: "file_digest_at_end",
+    description:
+      'FILE id 1 for "hello.txt" with the flags RESUME|DIGEST_AT_END: the 32-byte field is the sender\'s source key, not the hash; the hash follows in END_DIGEST.',
+    message: {
+      kind: "file",
+      id: 1,
+      flags: FileFlag.RESUME | FileFlag.DIGEST_AT_END,
+      size: 6,
+      sha256: HELLO_SOURCE_KEY,
+      mtimeMs: MTIME,
+      name: "hello.txt",
+      mime: "text/plain",
+    },
+  },
+  {
     name: "accept_fresh",
     description: "ACCEPT id 1 at offset 0: send the whole file.",
     message: { kind: "accept", id: 1, offset: 0 },
@@ -275,6 +320,11 @@ const VALID: Array<{ name: string; description: string; message: Message }> = [
     message: { kind: "data", id: 1, offset: 4, bytes: bytesOf("o\n") },
   },
   { name: "end", description: "END id 1.", message: { kind: "end", id: 1 } },
+  {
+    name: "end_digest",
+    description: 'END_DIGEST id 1: all bytes of DIGEST_AT_END file 1 were sent; their SHA-256 ("hello\\n").',
+    message: { kind: "end_digest", id: 1, sha256: HELLO_SHA },
+  },
   {
     name: "receipt",
     description: 'RECEIPT id 1: "hello.txt" stored and verified, 6 bytes, receiver-computed SHA-256.',
@@ -492,6 +542,24 @@ const INVALID: InvalidVector[] = [
   ),
   invalid("end_empty", "END with an empty payload.", "0000000013", "BAD_FRAME"),
   invalid(
+    "end_digest_short_hash",
+    "END_DIGEST with a 35-byte payload: the SHA-256 is one byte short.",
+    frameHex(FrameType.END_DIGEST, payloadHex("end_digest").slice(0, -2)),
+    "BAD_FRAME",
+  ),
+  invalid(
+    "end_digest_trailing_byte",
+    "END_DIGEST with 37 payload bytes (id + SHA-256 + one extra byte).",
+    frameHex(FrameType.END_DIGEST, payloadHex("end_digest") + "00"),
+    "BAD_FRAME",
+  ),
+  invalid(
+    "end_digest_id_only",
+    "END_DIGEST with only the 4-byte id, as if it were END.",
+    frameHex(FrameType.END_DIGEST, u32Hex(1)),
+    "BAD_FRAME",
+  ),
+  invalid(
     "receipt_surrogate_name",
     "RECEIPT whose stored name is ed a0 80 (an encoded UTF-16 surrogate): not valid UTF-8.",
     frameHex(FrameType.RECEIPT, u32Hex(1) + "00" + u64Hex(6n) + toHex(HELLO_SHA) + "0003" + "eda080"),
@@ -564,6 +632,17 @@ const SESSION: Array<{ from: "client" | "server"; vector: string }> = [
   { from: "server", vector: "receipt" },
 ];
 
+/** The same file sent with its digest at the end (PROTOCOL.md §18). */
+const SESSION_DIGEST_AT_END: Array<{ from: "client" | "server"; vector: string }> = [
+  { from: "client", vector: "hello_digest_at_end" },
+  { from: "server", vector: "welcome_digest_at_end" },
+  { from: "client", vector: "file_digest_at_end" },
+  { from: "server", vector: "accept_fresh" },
+  { from: "client", vector: "data_hello" },
+  { from: "client", vector: "end_digest" },
+  { from: "server", vector: "receipt" },
+];
+
 /** Builds the whole vectors document (what docs/vectors.json holds). */
 export function buildVectors(): Record<string, unknown> {
   const vectors = VALID.map(({ name, description, message }) => {
@@ -606,6 +685,18 @@ export function buildVectors(): Record<string, unknown> {
       mac: toHex(authMac(token, nonce)),
     })),
     example_session: SESSION.map(({ from, vector }) => ({ from, vector, hex: validHex(vector) })),
+    example_session_digest_at_end: SESSION_DIGEST_AT_END.map(({ from, vector }) => ({
+      from,
+      vector,
+      hex: validHex(vector),
+    })),
+    source_key_example: {
+      description:
+        "The source key of file_digest_at_end: SHA-256 over these fields joined with NUL (00) bytes: context, absolute path, device, inode, size, mtimeMs (decimal).",
+      fields: SOURCE_KEY_INPUT.split("\0"),
+      input: toHex(utf8.encode(SOURCE_KEY_INPUT)),
+      key: toHex(HELLO_SOURCE_KEY),
+    },
   };
 }
 
@@ -677,15 +768,17 @@ function fields(message: Message): Array<[string, string]> {
         [u32Hex(message.id), `id ${message.id}${message.id === 0 ? " (connection)" : ""}`],
         ...str16("message", message.message),
       ];
-    case "file":
+    case "file": {
+      const flagNames = Object.entries(FileFlag).filter(([, bit]) => message.flags & bit).map(([n]) => n);
+      const atEnd = (message.flags & FileFlag.DIGEST_AT_END) !== 0;
       return [
         [u32Hex(message.id), `id ${message.id}`],
         [
           u8(message.flags),
-          `flags 0x${u8(message.flags)}${message.flags & FileFlag.RESUME ? " (RESUME)" : ""}`,
+          `flags 0x${u8(message.flags)}${flagNames.length ? ` (${flagNames.join("|")})` : ""}`,
         ],
         [u64Hex(BigInt(message.size)), `size ${message.size}`],
-        [toHex(message.sha256), "sha256"],
+        [toHex(message.sha256), atEnd ? "sha256 field: the source key (DIGEST_AT_END)" : "sha256"],
         [
           u64Hex(BigInt(message.mtimeMs)),
           `mtimeMs ${message.mtimeMs}${message.mtimeMs === 0 ? " (unknown)" : ""}`,
@@ -693,6 +786,7 @@ function fields(message: Message): Array<[string, string]> {
         ...str16("name", message.name),
         ...str8("mime", message.mime),
       ];
+    }
     case "accept":
       return [[u32Hex(message.id), `id ${message.id}`], [
         u64Hex(BigInt(message.offset)),
@@ -707,6 +801,11 @@ function fields(message: Message): Array<[string, string]> {
     case "end":
     case "message_ack":
       return [[u32Hex(message.id), `id ${message.id}`]];
+    case "end_digest":
+      return [[u32Hex(message.id), `id ${message.id}`], [
+        toHex(message.sha256),
+        "sha256 of the whole file (computed by the sender)",
+      ]];
     case "receipt":
       return [
         [u32Hex(message.id), `id ${message.id}`],

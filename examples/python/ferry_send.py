@@ -41,11 +41,11 @@ HEADER = struct.Struct(">IB")
 AUTH_CONTEXT = b"ferry-auth-v1"
 
 HELLO, WELCOME, AUTH, AUTH_OK, ERROR = 0x01, 0x02, 0x03, 0x04, 0x0F
-FILE, ACCEPT, DATA, END, RECEIPT = 0x10, 0x11, 0x12, 0x13, 0x14
+FILE, ACCEPT, DATA, END, RECEIPT, END_DIGEST = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
 PING, PONG, MESSAGE, MESSAGE_ACK = 0x20, 0x21, 0x30, 0x31
 TYPE_NAMES = {
     HELLO: "HELLO", WELCOME: "WELCOME", AUTH: "AUTH", AUTH_OK: "AUTH_OK", ERROR: "ERROR",
-    FILE: "FILE", ACCEPT: "ACCEPT", DATA: "DATA", END: "END", RECEIPT: "RECEIPT",
+    FILE: "FILE", ACCEPT: "ACCEPT", DATA: "DATA", END: "END", RECEIPT: "RECEIPT", END_DIGEST: "END_DIGEST",
     PING: "PING", PONG: "PONG", MESSAGE: "MESSAGE", MESSAGE_ACK: "MESSAGE_ACK",
 }
 
@@ -146,6 +146,8 @@ def encode(m):
         return data_header(m["id"], m["offset"], len(m["bytes"])) + m["bytes"]
     if k == "end":
         return frame(END, struct.pack(">I", m["id"]))
+    if k == "end_digest":  # this client hashes first and never sends it, but knows its layout (section 6)
+        return frame(END_DIGEST, struct.pack(">I", m["id"]) + m["sha256"])
     if k == "receipt":
         return frame(RECEIPT, struct.pack(">IB", m["id"], m["flags"]) + safe_u64(m["size"], "size")
                      + m["sha256"] + str16(m["storedName"]))
@@ -256,6 +258,8 @@ def decode(ftype, payload):
         m = {"kind": "data", "id": r.u32(), "offset": r.safe("offset"), "bytes": bytes(r.rest())}
     elif ftype in (END, MESSAGE_ACK):
         m = {"kind": "end" if ftype == END else "message_ack", "id": r.u32()}
+    elif ftype == END_DIGEST:
+        m = {"kind": "end_digest", "id": r.u32(), "sha256": bytes(r.take(32))}
     elif ftype == RECEIPT:
         m = {"kind": "receipt", "id": r.u32(), "flags": r.u8(), "size": r.safe("size"),
              "sha256": bytes(r.take(32)), "storedName": r.str16()}

@@ -155,6 +155,7 @@ const messageArb: fc.Arbitrary<Message> = fc.oneof(
   rec({ kind: fc.constant("accept" as const), id: u32, offset: safeU64 }),
   rec({ kind: fc.constant("data" as const), id: u32, offset: safeU64, bytes: payloadArb }),
   rec({ kind: fc.constant("end" as const), id: u32 }),
+  rec({ kind: fc.constant("end_digest" as const), id: u32, sha256: digest }),
   rec({
     kind: fc.constant("receipt" as const),
     id: u32,
@@ -179,6 +180,7 @@ const TYPE_OF_KIND: Record<Message["kind"], number> = {
   accept: FrameType.ACCEPT,
   data: FrameType.DATA,
   end: FrameType.END,
+  end_digest: FrameType.END_DIGEST,
   receipt: FrameType.RECEIPT,
   ping: FrameType.PING,
   pong: FrameType.PONG,

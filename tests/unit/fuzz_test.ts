@@ -163,6 +163,7 @@ function fixedMessages(): Message[] {
     { kind: "data", id: 1, offset: 0, bytes: new TextEncoder().encode("hello\n") },
     { kind: "data", id: 1, offset: 6, bytes: new Uint8Array(0) },
     { kind: "end", id: 1 },
+    { kind: "end_digest", id: 1, sha256: sha },
     { kind: "receipt", id: 1, flags: 0, size: 6, sha256: sha, storedName: "hello (1).txt" },
     { kind: "receipt", id: 2, flags: 1, size: 0, sha256: sha, storedName: "" },
     { kind: "ping", token: 1n },
@@ -175,7 +176,7 @@ function fixedMessages(): Message[] {
 
 function randomMessage(r: Rng): Message {
   const id = r.chance(0.5) ? r.range(0, 10) : r.u32();
-  switch (r.int(14)) {
+  switch (r.int(15)) {
     case 0:
       return { kind: "hello", version: r.int(0x10000), capabilities: r.u32(), maxFrameSize: r.u32() };
     case 1:
@@ -236,6 +237,8 @@ function randomMessage(r: Rng): Message {
       return { kind: "pong", token: BigInt(r.u32()) };
     case 12:
       return { kind: "message", id, text: r.text(60) };
+    case 13:
+      return { kind: "end_digest", id, sha256: r.bytes(32) };
     default:
       return { kind: "message_ack", id };
   }
