@@ -297,6 +297,7 @@ export class Session {
         return this.#onEnd(m.id);
       case "end_digest":
         if (!(this.#clientCapabilities & Capability.DIGEST_AT_END)) {
+          await this.#discardOpen(m.id);
           throw new ProtocolError(
             "UNEXPECTED_FRAME",
             "END_DIGEST from a client that did not announce the DIGEST_AT_END capability",
@@ -410,8 +411,7 @@ export class Session {
     }
     if ((open.header.digestAtEnd === true) !== (digest !== undefined)) {
       // The client broke the protocol for this file: nothing of it is kept, and the connection ends.
-      this.#forget(id);
-      await open.upload.discard().catch(() => {});
+      await this.#discardOpen(id);
       throw new ProtocolError(
         "UNEXPECTED_FRAME",
         open.header.digestAtEnd
@@ -511,6 +511,14 @@ export class Session {
       id,
       message: error.message,
     });
+  }
+
+  /** Deletes the partial of open file `id`, if any (a protocol violation about it). */
+  async #discardOpen(id: number): Promise<void> {
+    const open = this.#finishing.has(id) ? undefined : this.#uploads.get(id);
+    if (!open) return;
+    this.#forget(id);
+    await open.upload.discard().catch(() => {});
   }
 
   #forget(id: number): void {

@@ -21,6 +21,7 @@ import { AUTH_CONTEXT, FrameType, MAGIC, PROTOCOL_VERSION } from "../../src/prot
 import { decodeMessage, encodeMessage, fromHex, type Message, toHex } from "../../src/protocol/messages.ts";
 import { authMac } from "../../src/server/auth.ts";
 import { buildVectors } from "../../scripts/gen_vectors.ts";
+import { sourceKey } from "../../src/client/files.ts";
 
 const docsDir = new URL("../../docs/", import.meta.url);
 const vectorsPath = fileURLToPath(new URL("vectors.json", docsDir));
@@ -304,4 +305,24 @@ test("PROTOCOL.md: the error code table lists every ERROR_CODES entry with its n
     rows.set(m[2], Number(m[1]));
   }
   assert.deepEqual(Object.fromEntries(rows), { ...ERROR_CODES });
+});
+
+test("source_key_example: the sender's sourceKey() gives the key of file_digest_at_end", () => {
+  const example = (file as unknown as {
+    source_key_example: { fields: string[]; input: string; key: string };
+  }).source_key_example;
+  const [context, path, dev, ino, size, mtimeMs] = example.fields;
+  assert.equal(context, "ferry-source-key-v1");
+  assert.equal(toHex(new TextEncoder().encode(example.fields.join("\0"))), example.input);
+  const key = sourceKey({
+    path,
+    name: "hello.txt",
+    dev: Number(dev),
+    ino: Number(ino),
+    size: Number(size),
+    mtimeMs: Number(mtimeMs),
+  });
+  assert.equal(toHex(key), example.key);
+  const vector = file.vectors.find((v) => v.name === "file_digest_at_end");
+  assert.equal((vector?.message as { sha256?: string }).sha256, example.key);
 });
