@@ -13,6 +13,7 @@
  */
 
 import * as fs from "node:fs/promises";
+import * as fss from "node:fs";
 import * as path from "node:path";
 import { createHash, type Hash } from "node:crypto";
 import { FerryError } from "../errors.ts";
@@ -187,10 +188,41 @@ const MAX_COLLISIONS = 9999;
 const REHASH_CHUNK = 4 * MiB;
 const TAIL_SCAN_CHUNK = 64 * 1024;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
+/** Closes the descriptors of an inbox that was dropped without {@linkcode Inbox.close}. */
+const fdReaper = typeof FinalizationRegistry === "function"
+  ? new FinalizationRegistry<Set<number>>((fds) => {
+    for (const fd of fds) {
+      try {
+        fss.closeSync(fd);
+      } catch {
+        // already gone
+      }
+    }
+  })
+  : undefined;
+
+/** Opening a folder for fsync: read-only, and never through a symlink in the last component. */
+const DIR_OPEN_FLAGS = (fss.constants?.O_RDONLY ?? 0) | (fss.constants?.O_DIRECTORY ?? 0) |
+  (fss.constants?.O_NOFOLLOW ?? 0);
+/** How long a free-space reading is reused (minus the sizes accepted since) before statfs runs again. */
+const FREE_SPACE_TTL_MS = 1000;
+/** Directories kept open per inbox for their group-committed fsyncs. */
+const MAX_DIR_HANDLES = 32;
+/** Relative directories remembered as checked (plain directories, no symlink) per inbox. */
+const MAX_CHECKED_DIRS = 4096;
 
 // Keys of uploads open in this process, as "<real inbox>\0<key>", shared by
 // every Inbox on the same directory.
 const busyKeys = new Set<string>();
+
+/** A placement folder kept open for fsync; closed once dropped and no fsync uses it. */
+interface DirHandle {
+  fd: number;
+  dev: number;
+  ino: number;
+  users: number;
+  dropped: boolean;
+}
 
 /** Sidecar of a partial file: `.ferry/partial/<key>.json`. */
 interface Sidecar {
@@ -240,6 +272,23 @@ export class Inbox {
   #appendTail: Promise<unknown> = Promise.resolve();
   /** Per ndjson file, the batch of lines waiting for the next group-committed write and fsync. */
   #pendingAppends = new Map<string, { lines: string[]; done: Promise<void> }>();
+  /** The ndjson files, kept open for appending (opened on first use, reopened after an error). */
+  #appendFds = new Map<string, number>();
+  /** Directories kept open for their fsyncs, with the identity they had when opened. */
+  #dirHandles = new Map<string, DirHandle>();
+  /**
+   * Relative directories ("a/b") whose every component was found to be a plain directory at the
+   * last placement in them. Only {@linkcode begin}'s early check trusts this; placement walks again.
+   */
+  #checkedDirs = new Set<string>();
+  /**
+   * Every descriptor the two maps above hold, closed by {@linkcode close} or, for an inbox dropped
+   * without it, when the inbox is collected. Raw descriptors, not FileHandles: Bun treats a
+   * FileHandle collected while open as an error.
+   */
+  #fds = new Set<number>();
+  /** The last statfs reading and the declared bytes accepted since. */
+  #free?: { bytes: number; at: number; reserved: number };
 
   private constructor(
     dir: string,
@@ -252,6 +301,7 @@ export class Inbox {
     this.#partialDir = path.join(dir, STATE_DIR, "partial");
     this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
     this.#messagesPath = path.join(dir, STATE_DIR, "messages.ndjson");
+    fdReaper?.register(this, this.#fds);
   }
 
   /**
@@ -443,29 +493,39 @@ export class Inbox {
     let handle: fs.FileHandle | undefined;
     try {
       // With a digest at the end, the hash is not known yet: duplicates are found by finish().
-      const dup = h.digestAtEnd ? undefined : await this.#findDuplicate(h.name, h.sha256);
+      const dup = h.digestAtEnd ? undefined : this.#findDuplicate(h.name, h.sha256);
       if (dup) {
         busyKeys.delete(lock);
         return { kind: "duplicate", receipt: { ...dup, duplicate: true } };
       }
-      // Early refusals; placement re-checks everything at commit time.
-      const parent = await this.#safeParent(h.name, false);
+      // Early refusals; placement re-checks everything at commit time. A directory checked at an
+      // earlier placement is not walked again here (placement walks it anyway).
+      const slash = h.name.lastIndexOf("/");
+      const relDir = slash === -1 ? "" : h.name.slice(0, slash);
+      const parent = relDir === ""
+        ? this.dir
+        : this.#checkedDirs.has(relDir)
+        ? path.join(this.dir, relDir)
+        : this.#safeParent(h.name, false)?.path;
       if (this.#opts.onCollision === "reject" && parent !== undefined) {
-        if (await exists(path.join(parent, path.basename(h.name)))) {
+        if (lstatSyncOrUndefined(path.join(parent, path.basename(h.name)))) {
           throw new FerryError("NAME_EXISTS", `Cannot accept "${shownName}": a file with that name exists`);
         }
       }
       const partPath = path.join(this.#partialDir, key + ".part");
       const sidecarPath = path.join(this.#partialDir, key + ".json");
+      // Most files are new: one cheap check instead of a failed read of a sidecar that is not there.
+      const sidecarOnDisk = lstatSyncOrUndefined(sidecarPath) !== undefined;
       let offset = 0;
       let hash = createHash("sha256");
-      if (h.resume) {
+      if (h.resume && sidecarOnDisk) {
         const resumed = await tryResume(partPath, sidecarPath, h);
         if (resumed) {
           ({ handle, hash, offset } = resumed);
         }
       }
       await this.#checkFreeSpace(h.size - offset, shownName);
+      // Creating the inode is the expensive part (hundreds of µs of kernel time): left off the main thread.
       handle ??= await fs.open(partPath, "w+");
       const upload = new Upload({
         header: h,
@@ -474,9 +534,10 @@ export class Inbox {
         offset,
         partPath,
         sidecarPath,
+        sidecarOnDisk: sidecarOnDisk || offset > 0,
         release: () => busyKeys.delete(lock),
         commit: (temp, header, image) => this.#commit(temp, header, image),
-        findDuplicate: (name, sha256) => this.#findDuplicate(name, sha256),
+        findDuplicate: async (name, sha256) => this.#findDuplicate(name, sha256),
         inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
       });
@@ -496,21 +557,22 @@ export class Inbox {
   async #commit(temp: string, header: FileHeader, image?: ReceiptImage): Promise<Receipt> {
     const name = header.name;
     const shownName = escapeForDisplay(name);
-    const parent = await this.#safeParent(name, true);
-    if (parent === undefined) throw new FerryError("INTERNAL", `Cannot place "${shownName}": no parent`);
+    const checked = this.#safeParent(name, true);
+    if (checked === undefined) throw new FerryError("INTERNAL", `Cannot place "${shownName}": no parent`);
+    const parent = checked.path;
     const dirPart = name.includes("/") ? name.slice(0, name.lastIndexOf("/") + 1) : "";
     const policy = this.#opts.onCollision;
     let stored = name;
     if (policy === "overwrite") {
       const target = path.join(parent, path.basename(name));
-      const st = await lstatOrUndefined(target);
+      const st = lstatSyncOrUndefined(target);
       if (st?.isSymbolicLink()) {
         throw new FerryError("BAD_NAME", `Cannot place "${shownName}": the existing entry is a symlink`);
       }
       if (st?.isDirectory()) {
         throw new FerryError("NAME_EXISTS", `Cannot place "${shownName}": a directory has that name`);
       }
-      await fs.rename(temp, target);
+      fss.renameSync(temp, target);
     } else {
       const last = policy === "rename" ? MAX_COLLISIONS : 0;
       let placed = false;
@@ -528,9 +590,9 @@ export class Inbox {
             : `Cannot place "${shownName}": ${MAX_COLLISIONS} renamed copies exist already`,
         );
       }
-      await rmForce(temp); // already gone if the no-hard-link fallback renamed it
+      rmForceSync(temp); // already gone if the no-hard-link fallback renamed it
     }
-    await syncDir(parent);
+    await syncDir(parent, () => this.#fsyncDir(parent, checked.st));
     const receipt: Receipt = {
       name: stored,
       requestedName: name,
@@ -554,7 +616,7 @@ export class Inbox {
     return { ...receipt };
   }
 
-  async #findDuplicate(name: string, sha256: string): Promise<Receipt | undefined> {
+  #findDuplicate(name: string, sha256: string): Receipt | undefined {
     const candidates = [...(this.#byRequested.get(name) ?? [])];
     const byName = this.#byStored.get(name);
     if (byName) candidates.push(byName);
@@ -562,9 +624,14 @@ export class Inbox {
       const r = candidates[i];
       // Only the latest receipt for a stored name describes what is on disk now.
       if (r.sha256 !== sha256 || this.#byStored.get(r.name) !== r) continue;
-      const parent = await this.#safeParent(r.name, false).catch(() => undefined);
+      let parent: string | undefined;
+      try {
+        parent = this.#safeParent(r.name, false)?.path;
+      } catch {
+        continue;
+      }
       if (parent === undefined) continue;
-      const st = await lstatOrUndefined(path.join(parent, path.basename(r.name)));
+      const st = lstatSyncOrUndefined(path.join(parent, path.basename(r.name)));
       if (st?.isFile() && st.size === r.size) return r;
     }
     return undefined;
@@ -576,20 +643,25 @@ export class Inbox {
    * missing ones. Returns the parent's path, or undefined if it does not
    * exist and `create` is false.
    */
-  async #safeParent(relPath: string, create: boolean): Promise<string | undefined> {
+  #safeParent(relPath: string, create: boolean): { path: string; st?: fss.Stats } | undefined {
+    // Synchronous: an lstat of a cached inode costs a few µs, an async one a thread-pool round trip.
     const parts = relPath.split("/").slice(0, -1);
     let cur = this.dir;
+    let st: fss.Stats | undefined;
     for (const part of parts) {
       cur = path.join(cur, part);
-      let st = await lstatOrUndefined(cur);
+      st = lstatSyncOrUndefined(cur);
       if (!st) {
         if (!create) return undefined;
-        await fs.mkdir(cur).catch((e) => {
+        try {
+          fss.mkdirSync(cur);
+        } catch (e) {
           if (errno(e) !== "EEXIST") throw e;
-        });
-        st = await fs.lstat(cur);
+        }
+        st = fss.lstatSync(cur);
       }
       if (st.isSymbolicLink() || !st.isDirectory()) {
+        this.#checkedDirs.clear();
         throw new FerryError(
           "BAD_NAME",
           `Cannot accept name "${escapeForDisplay(relPath)}": "${
@@ -602,10 +674,25 @@ export class Inbox {
     // No realpath() here: every component below the inbox was just checked with lstat to be a real
     // directory (not a symlink), and the final placement (link/rename) is re-checked at commit time.
     // realpath() cost ~8 readlink calls per file.
-    return cur;
+    if (parts.length > 0) {
+      if (this.#checkedDirs.size >= MAX_CHECKED_DIRS) this.#checkedDirs.clear();
+      this.#checkedDirs.add(parts.join("/"));
+    }
+    return { path: cur, st };
   }
 
   async #checkFreeSpace(needed: number, shownName: string): Promise<void> {
+    // A recent reading, minus the declared sizes accepted since, is enough to accept a file; a refusal
+    // is only ever based on a fresh statfs.
+    const now = performance.now();
+    const last = this.#free;
+    if (
+      last && now - last.at < FREE_SPACE_TTL_MS &&
+      last.bytes - last.reserved - needed >= this.#opts.minFreeBytes
+    ) {
+      last.reserved += needed;
+      return;
+    }
     const statfs = (fs as { statfs?: typeof fs.statfs }).statfs;
     if (typeof statfs !== "function") return;
     let free: number;
@@ -616,6 +703,7 @@ export class Inbox {
       return; // not supported here: skip the check rather than refuse every file
     }
     if (!Number.isFinite(free)) return;
+    this.#free = { bytes: free, at: now, reserved: 0 };
     if (free - needed < this.#opts.minFreeBytes) {
       throw new FerryError(
         "INSUFFICIENT_STORAGE",
@@ -623,6 +711,7 @@ export class Inbox {
           `and ${this.#opts.minFreeBytes} must stay free`,
       );
     }
+    this.#free.reserved += needed;
   }
 
   async #sweep(atOpen: boolean): Promise<number> {
@@ -689,6 +778,83 @@ export class Inbox {
   }
 
   /**
+   * Fsyncs a placement directory through a handle kept open for it. `st` is the directory's lstat from
+   * the walk that just checked it; a handle opened on another inode (the directory was replaced) is
+   * closed and the directory opened again.
+   */
+  async #fsyncDir(dir: string, st: fss.Stats | undefined): Promise<void> {
+    let entry = this.#dirHandles.get(dir);
+    if (entry && st && (entry.dev !== st.dev || entry.ino !== st.ino)) {
+      this.#dropDirHandle(dir, entry);
+      entry = undefined;
+    }
+    try {
+      if (!entry) {
+        const fd = await openFd(dir, DIR_OPEN_FLAGS);
+        this.#fds.add(fd);
+        try {
+          const now = fss.fstatSync(fd);
+          if (!now.isDirectory()) throw new FerryError("IO_ERROR", "Cannot sync the folder: not a directory");
+          entry = { fd, dev: now.dev, ino: now.ino, users: 0, dropped: false };
+        } catch (e) {
+          this.#closeFd(fd);
+          throw e;
+        }
+        this.#dirHandles.set(dir, entry);
+        if (this.#dirHandles.size > MAX_DIR_HANDLES) {
+          const [oldest, old] = this.#dirHandles.entries().next().value!;
+          this.#dropDirHandle(oldest, old);
+        }
+      }
+      entry.users++;
+      try {
+        await fsyncFd(entry.fd);
+      } finally {
+        entry.users--;
+        if (entry.dropped && entry.users === 0) this.#closeFd(entry.fd);
+      }
+    } catch {
+      // Some platforms (Windows) cannot open or fsync a directory; the rename/link is still atomic.
+      if (entry) this.#dropDirHandle(dir, entry);
+    }
+  }
+
+  /** Forgets a kept-open folder; it is closed once no fsync uses it. */
+  #dropDirHandle(dir: string, entry: DirHandle): void {
+    if (this.#dirHandles.get(dir) === entry) this.#dirHandles.delete(dir);
+    if (entry.dropped) return;
+    entry.dropped = true;
+    if (entry.users === 0) this.#closeFd(entry.fd);
+  }
+
+  /**
+   * Closes the files and folders the inbox keeps open (the ndjson indexes, placement folders), once
+   * pending appends are done. The inbox stays usable: they are opened again when needed.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * await inbox.close();
+   * ```
+   */
+  async close(): Promise<void> {
+    await this.#appendTail;
+    for (const fd of this.#appendFds.values()) this.#closeFd(fd);
+    this.#appendFds.clear();
+    for (const [dir, entry] of [...this.#dirHandles]) this.#dropDirHandle(dir, entry);
+  }
+
+  #closeFd(fd: number): void {
+    if (!this.#fds.delete(fd)) return;
+    try {
+      fss.closeSync(fd);
+    } catch {
+      // already gone
+    }
+  }
+
+  /**
    * Appends a line to an ndjson file durably. Group commit: lines queued while an earlier batch is
    * being written and fsynced go out together in the next batch, sharing one write and one fsync; each
    * caller's promise settles only once its own line is fsynced.
@@ -703,12 +869,27 @@ export class Inbox {
       const run = async () => {
         // From here on, new lines start the next batch.
         if (this.#pendingAppends.get(file)?.lines === lines) this.#pendingAppends.delete(file);
-        const fh = await fs.open(file, "a");
+        // Kept open between batches: an open and a close less per batch. After an error it is closed
+        // and the next batch opens the file again.
+        let fd = this.#appendFds.get(file);
+        if (fd === undefined) {
+          fd = await openFd(file, "a");
+          this.#fds.add(fd);
+          this.#appendFds.set(file, fd);
+        }
         try {
-          await writeAll(fh, new TextEncoder().encode(lines.join("")), 0);
-          await fh.sync();
-        } finally {
-          await fh.close();
+          // A few hundred bytes into the page cache: cheaper done here than as a thread-pool job.
+          const bytes = new TextEncoder().encode(lines.join(""));
+          for (let done = 0; done < bytes.length;) {
+            const n = fss.writeSync(fd, bytes, done, bytes.length - done);
+            if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+            done += n;
+          }
+          await fsyncFd(fd);
+        } catch (e) {
+          if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
+          this.#closeFd(fd);
+          throw e;
         }
       };
       const p = this.#appendTail.then(run, run);
@@ -738,6 +919,8 @@ interface UploadInit {
   offset: number;
   partPath: string;
   sidecarPath: string;
+  /** A sidecar for this key may exist on disk (it must be deleted when the upload ends). */
+  sidecarOnDisk: boolean;
   release: () => void;
   commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
   findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
@@ -787,6 +970,7 @@ export class Upload {
   #hash: Hash;
   readonly #partPath: string;
   readonly #sidecarPath: string;
+  #sidecarOnDisk: boolean;
   readonly #release: () => void;
   readonly #syncEveryBytes: number;
   #received: number;
@@ -810,6 +994,7 @@ export class Upload {
     this.name = init.header.name;
     this.#partPath = init.partPath;
     this.#sidecarPath = init.sidecarPath;
+    this.#sidecarOnDisk = init.sidecarOnDisk;
     // Releasing twice could drop the lock of a later upload of the same file: once only.
     let released = false;
     this.#release = () => {
@@ -885,12 +1070,16 @@ export class Upload {
    * requested name and that hash is already stored, the partial is deleted
    * and the original receipt is returned, marked `duplicate`.
    *
+   * `options.notAnImage`: the caller looked at the file's first bytes (an
+   * image sniffer that decided) and they are not an image, so the
+   * `inspect` hook, which would only reach the same verdict, is skipped.
+   *
    * @example
    * ```ts ignore
    * const receipt = await upload.finish(); // receipt.name may be "photo (1).jpg"
    * ```
    */
-  finish(sha256?: string): Promise<Receipt> {
+  finish(sha256?: string, options?: { notAnImage?: boolean }): Promise<Receipt> {
     return this.#queue(async () => {
       this.#assertOpen();
       const atEnd = this.#header.digestAtEnd === true;
@@ -937,19 +1126,21 @@ export class Upload {
       }
       try {
         // A refusal (e.g. CORRUPT_IMAGE) lands in the catch below, which deletes the partial.
-        const image = await this.#inspect?.(this.#partPath, header);
+        const image = options?.notAnImage ? undefined : await this.#inspect?.(this.#partPath, header);
         // Without a time from the sender, a photo's EXIF DateTimeOriginal is the next best.
         const taken = image?.takenAt ? Date.parse(image.takenAt) : NaN;
         const mtimeMs = this.#header.mtimeMs > 0 ? this.#header.mtimeMs : taken > 0 ? taken : 0;
         if (mtimeMs > 0) {
-          await this.#handle.utimes(new Date(), new Date(mtimeMs));
+          // futimens on the open file: a few µs, where the async call costs a thread-pool hop.
+          fss.futimesSync(this.#handle.fd, new Date(), new Date(mtimeMs));
         }
         await this.#handle.sync();
         this.#closed = true;
         await this.#handle.close();
         const receipt = await this.#commit(this.#partPath, header, image);
         this.#settled = true;
-        await rmForce(this.#sidecarPath);
+        // A file that arrived whole before its first checkpoint never had a sidecar.
+        if (this.#sidecarOnDisk) rmForceSync(this.#sidecarPath);
         this.#release();
         return receipt;
       } catch (e) {
@@ -975,6 +1166,7 @@ export class Upload {
       this.#closed = true;
       try {
         await this.#handle.datasync();
+        this.#sidecarOnDisk = true;
         await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
       } catch (e) {
         throw ioError(`keep partial "${this.#shown()}"`, e);
@@ -1008,7 +1200,7 @@ export class Upload {
     }
     try {
       await rmForce(this.#partPath);
-      await rmForce(this.#sidecarPath);
+      if (this.#sidecarOnDisk) await rmForce(this.#sidecarPath);
     } finally {
       this.#release();
     }
@@ -1017,6 +1209,7 @@ export class Upload {
   async #checkpoint(): Promise<void> {
     try {
       await this.#handle.datasync();
+      this.#sidecarOnDisk = true;
       await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
     } catch (e) {
       const err = ioError(`sync "${this.#shown()}"`, e);
@@ -1238,7 +1431,7 @@ async function tryResume(
 /** `link(2)` never replaces an existing entry; returns false on EEXIST. */
 async function linkNoClobber(from: string, to: string): Promise<boolean> {
   try {
-    await fs.link(from, to);
+    fss.linkSync(from, to); // a metadata update of a cached directory: cheaper than a thread-pool hop
     return true;
   } catch (e) {
     const code = errno(e);
@@ -1348,7 +1541,7 @@ async function dropTornTail(file: string): Promise<void> {
  * Fsyncs a directory. Group commit: callers arriving while a fsync of the same directory runs share
  * the next one (which starts after it, so it covers every entry they made before calling).
  */
-function syncDir(dir: string): Promise<void> {
+function syncDir(dir: string, fsyncNow: () => Promise<void>): Promise<void> {
   let state = dirSyncs.get(dir);
   if (!state) {
     state = { running: undefined, next: undefined };
@@ -1358,7 +1551,7 @@ function syncDir(dir: string): Promise<void> {
   if (s.next) return s.next;
   const start = (): Promise<void> => {
     s.next = undefined;
-    const p = syncDirNow(dir).finally(() => {
+    const p = fsyncNow().finally(() => {
       if (s.running === p) s.running = undefined;
       if (!s.running && !s.next && dirSyncs.get(dir) === s) dirSyncs.delete(dir);
     });
@@ -1373,18 +1566,6 @@ function syncDir(dir: string): Promise<void> {
 
 const dirSyncs = new Map<string, { running?: Promise<void>; next?: Promise<void> }>();
 
-async function syncDirNow(dir: string): Promise<void> {
-  let fh: fs.FileHandle | undefined;
-  try {
-    fh = await fs.open(dir, "r");
-    await fh.sync();
-  } catch {
-    // Some platforms (Windows) cannot open or fsync a directory; the rename/link is still atomic.
-  } finally {
-    await fh?.close().catch(() => {});
-  }
-}
-
 async function lstatOrUndefined(p: string) {
   try {
     return await fs.lstat(p);
@@ -1394,8 +1575,29 @@ async function lstatOrUndefined(p: string) {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  return (await lstatOrUndefined(p)) !== undefined;
+function openFd(p: string, flags: string | number): Promise<number> {
+  return new Promise((resolve, reject) => fss.open(p, flags, 0o666, (e, fd) => e ? reject(e) : resolve(fd)));
+}
+
+function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fss.fsync(fd, (e) => e ? reject(e) : resolve()));
+}
+
+function lstatSyncOrUndefined(p: string): fss.Stats | undefined {
+  try {
+    return fss.lstatSync(p);
+  } catch (e) {
+    if (errno(e) === "ENOENT" || errno(e) === "ENOTDIR") return undefined;
+    throw e;
+  }
+}
+
+function rmForceSync(p: string): void {
+  try {
+    fss.unlinkSync(p);
+  } catch (e) {
+    if (errno(e) !== "ENOENT") throw e;
+  }
 }
 
 async function rmForce(p: string): Promise<void> {
