@@ -442,7 +442,8 @@ export class Session {
     // Forgotten only once the RECEIPT is out (queued on the socket): a graceful shutdown waits for it.
     let receipt: Receipt;
     try {
-      receipt = await open.upload.finish(digest);
+      // A head the sniffer saw to be no image needs no second look at the whole file.
+      receipt = await open.upload.finish(digest, { notAnImage: open.sniffer.notAnImage });
     } catch (e) {
       await previous;
       this.#finishing.delete(id);
