@@ -537,7 +537,7 @@ export class Inbox {
         sidecarOnDisk: sidecarOnDisk || offset > 0,
         release: () => busyKeys.delete(lock),
         commit: (temp, header, image) => this.#commit(temp, header, image),
-        findDuplicate: async (name, sha256) => this.#findDuplicate(name, sha256),
+        findDuplicate: (name, sha256) => Promise.resolve(this.#findDuplicate(name, sha256)),
         inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
       });
