@@ -1585,7 +1585,8 @@ function fsyncFd(fd: number): Promise<void> {
 
 function lstatSyncOrUndefined(p: string): fss.Stats | undefined {
   try {
-    return fss.lstatSync(p);
+    // No exception object for the common "not there" answer.
+    return fss.lstatSync(p, { throwIfNoEntry: false });
   } catch (e) {
     if (errno(e) === "ENOENT" || errno(e) === "ENOTDIR") return undefined;
     throw e;
