@@ -15,7 +15,7 @@
 import * as fs from "node:fs/promises";
 import * as fss from "node:fs";
 import * as path from "node:path";
-import { createHash, type Hash } from "node:crypto";
+import { createHash, type Hash, randomBytes } from "node:crypto";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
 
@@ -208,6 +208,15 @@ const DIR_OPEN_FLAGS = (fss.constants?.O_RDONLY ?? 0) | (fss.constants?.O_DIRECT
 const FREE_SPACE_TTL_MS = 1000;
 /** Directories kept open per inbox for their group-committed fsyncs. */
 const MAX_DIR_HANDLES = 32;
+/**
+ * Empty partials created ahead of need, so a burst of small files does not wait for a file creation
+ * (hundreds of µs of kernel time here) per FILE: at most this many per inbox…
+ */
+const FRESH_MAX = 16;
+/** …and closed and deleted once no upload has begun for this long. */
+const FRESH_IDLE_MS = 2000;
+/** A fresh partial's name in `.ferry/fresh/`; one left by a crash is deleted by `open()`. */
+const FRESH_NAME = /^[0-9a-f]{32}\.fresh$/;
 /** Relative directories remembered as checked (plain directories, no symlink) per inbox. */
 const MAX_CHECKED_DIRS = 4096;
 
@@ -261,6 +270,8 @@ export class Inbox {
   readonly #realDir: string;
   readonly #opts: Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect">;
   readonly #partialDir: string;
+  /** Empty files created ahead of need, renamed into `#partialDir` when an upload begins. */
+  readonly #freshDir: string;
   readonly #receiptsPath: string;
   readonly #messagesPath: string;
   #receipts: Receipt[] = [];
@@ -287,6 +298,11 @@ export class Inbox {
    * FileHandle collected while open as an error.
    */
   #fds = new Set<number>();
+  /** Empty partials created ahead of need (see {@linkcode FRESH_MAX}). */
+  #fresh: Array<{ path: string; handle: fs.FileHandle }> = [];
+  /** Creations of fresh partials in flight. */
+  #freshFills = new Set<Promise<void>>();
+  #freshTimer?: ReturnType<typeof setTimeout>;
   /** The last statfs reading and the declared bytes accepted since. */
   #free?: { bytes: number; at: number; reserved: number };
 
@@ -299,6 +315,7 @@ export class Inbox {
     this.#realDir = realDir;
     this.#opts = opts;
     this.#partialDir = path.join(dir, STATE_DIR, "partial");
+    this.#freshDir = path.join(dir, STATE_DIR, "fresh");
     this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
     this.#messagesPath = path.join(dir, STATE_DIR, "messages.ndjson");
     fdReaper?.register(this, this.#fds);
@@ -324,7 +341,7 @@ export class Inbox {
       const realDir = await fs.realpath(dir);
       // One level at a time: a planted symlink here would redirect our own writes.
       const stateDir = path.join(dir, STATE_DIR);
-      for (const p of [stateDir, path.join(stateDir, "partial")]) {
+      for (const p of [stateDir, path.join(stateDir, "partial"), path.join(stateDir, "fresh")]) {
         await fs.mkdir(p).catch((e) => {
           if (errno(e) !== "EEXIST") throw e;
         });
@@ -525,8 +542,9 @@ export class Inbox {
         }
       }
       await this.#checkFreeSpace(h.size - offset, shownName);
-      // Creating the inode is the expensive part (hundreds of µs of kernel time): left off the main thread.
-      handle ??= await fs.open(partPath, "w+");
+      // Creating the inode is the expensive part (hundreds of µs of kernel time): a partial created
+      // ahead of need is renamed into place; without one, the creation runs off the main thread.
+      handle ??= this.#takeFresh(partPath) ?? await fs.open(partPath, "w+");
       const upload = new Upload({
         header: h,
         handle,
@@ -720,6 +738,12 @@ export class Inbox {
     const entries = await fs.readdir(this.#partialDir);
     const present = new Set(entries);
     const doomed = new Set<string>();
+    if (atOpen) {
+      // Created ahead of need by a process now gone.
+      for (const entry of await fs.readdir(this.#freshDir)) {
+        if (FRESH_NAME.test(entry)) await rmForce(path.join(this.#freshDir, entry));
+      }
+    }
     for (const entry of entries) {
       const key = keyOf(entry);
       if (key === undefined || busyKeys.has(this.#realDir + "\0" + key)) continue;
@@ -775,6 +799,65 @@ export class Inbox {
     const list = this.#byRequested.get(r.requestedName);
     if (list) list.push(r);
     else this.#byRequested.set(r.requestedName, [r]);
+  }
+
+  /**
+   * An empty partial created ahead of need, renamed to `partPath` (replacing what is there, as
+   * opening it with truncation would), or undefined if none is ready. Tops the pool up either way.
+   */
+  #takeFresh(partPath: string): fs.FileHandle | undefined {
+    const fresh = this.#fresh.pop();
+    this.#fillFresh();
+    if (!fresh) return undefined;
+    try {
+      fss.renameSync(fresh.path, partPath);
+      return fresh.handle;
+    } catch {
+      // Gone (a second inbox on this directory swept it at open): create one the usual way.
+      fresh.handle.close().catch(() => {});
+      rmForce(fresh.path).catch(() => {});
+      return undefined;
+    }
+  }
+
+  /** Starts creating up to two fresh partials (the pool grows with use, up to FRESH_MAX). */
+  #fillFresh(): void {
+    for (let i = 0; i < 2 && this.#fresh.length + this.#freshFills.size < FRESH_MAX; i++) {
+      const file = path.join(this.#freshDir, randomBytes(16).toString("hex") + ".fresh");
+      const fill: Promise<void> = fs.open(file, "wx+").then(
+        (handle) => {
+          this.#fresh.push({ path: file, handle });
+        },
+        () => {}, // full disk, …: begin() creates its partial itself and reports the error
+      ).finally(() => {
+        this.#freshFills.delete(fill);
+        this.#armFreshDrain();
+      });
+      this.#freshFills.add(fill);
+    }
+    this.#armFreshDrain();
+  }
+
+  /** (Re)arms the timer that closes and deletes unused fresh partials once uploads stop. */
+  #armFreshDrain(): void {
+    clearTimeout(this.#freshTimer);
+    if (this.#fresh.length === 0 && this.#freshFills.size === 0) return;
+    this.#freshTimer = setTimeout(() => {
+      this.#freshTimer = undefined;
+      this.#drainFresh().catch(() => {});
+    }, FRESH_IDLE_MS);
+    // Never what keeps a process alive.
+    (this.#freshTimer as { unref?: () => void }).unref?.();
+  }
+
+  async #drainFresh(): Promise<void> {
+    clearTimeout(this.#freshTimer);
+    this.#freshTimer = undefined;
+    await Promise.all(this.#freshFills);
+    for (const fresh of this.#fresh.splice(0)) {
+      await fresh.handle.close().catch(() => {});
+      await rmForce(fresh.path).catch(() => {});
+    }
   }
 
   /**
@@ -839,6 +922,7 @@ export class Inbox {
    * ```
    */
   async close(): Promise<void> {
+    await this.#drainFresh();
     await this.#appendTail;
     for (const fd of this.#appendFds.values()) this.#closeFd(fd);
     this.#appendFds.clear();

@@ -690,6 +690,28 @@ describe("Inbox kept-open files", () => {
     await third.close();
   });
 
+  it("partials created ahead of need are used, then deleted by close() and, after a crash, by open()", async () => {
+    const inbox = await open();
+    const freshDir = path.join(dir, ".ferry", "fresh");
+    for (let i = 0; i < 12; i++) {
+      const b = bytesOf(500, i + 1);
+      await send(inbox, headerFor(`f${i}.bin`, b), b);
+    }
+    assert.equal(inbox.receipts().length, 12);
+    assert.deepEqual(await partials(), []);
+    await inbox.close();
+    assert.deepEqual(await fs.readdir(freshDir), []);
+    // Left behind by a process that died: removed at the next open; other names are not ours.
+    await fs.writeFile(path.join(freshDir, "0123456789abcdef0123456789abcdef.fresh"), "");
+    await fs.writeFile(path.join(freshDir, "keep.txt"), "");
+    const again = await open();
+    assert.deepEqual(await fs.readdir(freshDir), ["keep.txt"]);
+    const b = bytesOf(10);
+    await send(again, headerFor("after.bin", b), b);
+    await again.close();
+    assert.deepEqual(await fs.readdir(freshDir), ["keep.txt"]);
+  });
+
   it("a file that arrives whole before its first checkpoint leaves no sidecar behind at any point", async () => {
     const inbox = await open({ syncEveryBytes: 1 << 20 });
     const bytes = bytesOf(10_000);
