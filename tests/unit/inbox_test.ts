@@ -712,6 +712,60 @@ describe("Inbox kept-open files", () => {
     assert.deepEqual(await fs.readdir(freshDir), ["keep.txt"]);
   });
 
+  it("an upload in a file created ahead of need moves to its partial's name when it is suspended", async () => {
+    const inbox = await open();
+    const bytes = bytesOf(5000);
+    // Uploads begun one after another soon find a file created ahead of need: no <key>.part appears.
+    let fromFresh: Upload | undefined;
+    for (let i = 0; i < 50 && !fromFresh; i++) {
+      const h = headerFor(`warm${i}.bin`, bytes, { resume: true });
+      const up = await expectUpload(inbox, h);
+      await up.write(bytes, 0);
+      if ((await partials()).length === 0) fromFresh = up;
+      else await up.finish();
+    }
+    assert.ok(fromFresh, "no upload ever got a file created ahead of need");
+    await fromFresh.suspend();
+    const entries = await partials();
+    assert.equal(entries.filter((e) => e.endsWith(".part")).length, 1, String(entries));
+    assert.equal(entries.filter((e) => e.endsWith(".json")).length, 1, String(entries));
+    // A restarted server resumes it from its partial's name and stores it whole.
+    const again = await open();
+    const resumed = await expectUpload(again, headerFor(fromFresh.name, bytes, { resume: true }));
+    assert.equal(resumed.offset, bytes.length);
+    await resumed.finish();
+    assert.deepEqual(await partials(), []);
+    assert.deepEqual(await read(fromFresh.name), Buffer.from(bytes));
+    await inbox.close();
+    await again.close();
+  });
+
+  it("a new upload of a key whose earlier partial is not resumed replaces it", async () => {
+    const inbox = await open();
+    const bytes = bytesOf(3000);
+    const h = headerFor("again.bin", bytes, { resume: true });
+    const first = await expectUpload(inbox, h);
+    await first.write(bytes.subarray(0, 1000), 0);
+    await first.suspend(); // <key>.part and <key>.json on disk
+    assert.equal((await partials()).length, 2);
+    // Without the resume flag the upload starts over; once stored, nothing of the old one is left.
+    const up = await expectUpload(inbox, { ...h, resume: false });
+    assert.equal(up.offset, 0);
+    await up.write(bytes, 0);
+    await up.finish();
+    assert.deepEqual(await partials(), []);
+    assert.deepEqual(await read("again.bin"), Buffer.from(bytes));
+    // The same when the upload fails instead.
+    const h2 = headerFor("again2.bin", bytes, { resume: true });
+    const second = await expectUpload(inbox, h2);
+    await second.write(bytes.subarray(0, 1000), 0);
+    await second.suspend();
+    const failing = await expectUpload(inbox, { ...h2, resume: false });
+    await rejectsWith(failing.write(bytesOf(4000), 0), "SIZE_MISMATCH");
+    assert.deepEqual(await partials(), []);
+    await inbox.close();
+  });
+
   it("a file that arrives whole before its first checkpoint leaves no sidecar behind at any point", async () => {
     const inbox = await open({ syncEveryBytes: 1 << 20 });
     const bytes = bytesOf(10_000);
