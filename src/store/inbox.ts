@@ -223,8 +223,6 @@ const MAX_CHECKED_DIRS = 4096;
 // Keys of uploads open in this process, as "<real inbox>\0<key>", shared by
 // every Inbox on the same directory.
 const busyKeys = new Set<string>();
-/** Files in `.ferry/fresh/` that an inbox of this process holds (pooled or an upload's data). */
-const freshInUse = new Set<string>();
 
 /** A placement folder kept open for fsync; closed once dropped and no fsync uses it. */
 interface DirHandle {
@@ -544,20 +542,14 @@ export class Inbox {
         }
       }
       await this.#checkFreeSpace(h.size - offset, shownName);
-      // Creating the inode is the expensive part (hundreds of µs of kernel time): an empty file created
-      // ahead of need takes the bytes; without one, the creation runs off the main thread.
-      let dataPath = partPath;
-      if (!handle) {
-        const fresh = this.#takeFresh();
-        if (fresh) ({ handle, path: dataPath } = fresh);
-        else handle = await fs.open(partPath, "w+");
-      }
+      // Creating the inode is the expensive part (hundreds of µs of kernel time): a partial created
+      // ahead of need is renamed into place; without one, the creation runs off the main thread.
+      handle ??= this.#takeFresh(partPath) ?? await fs.open(partPath, "w+");
       const upload = new Upload({
         header: h,
         handle,
         hash,
         offset,
-        dataPath,
         partPath,
         sidecarPath,
         sidecarOnDisk: sidecarOnDisk || offset > 0,
@@ -749,8 +741,7 @@ export class Inbox {
     if (atOpen) {
       // Created ahead of need by a process now gone.
       for (const entry of await fs.readdir(this.#freshDir)) {
-        const full = path.join(this.#freshDir, entry);
-        if (FRESH_NAME.test(entry) && !freshInUse.has(full)) await rmForce(full);
+        if (FRESH_NAME.test(entry)) await rmForce(path.join(this.#freshDir, entry));
       }
     }
     for (const entry of entries) {
@@ -811,28 +802,33 @@ export class Inbox {
   }
 
   /**
-   * An empty file created ahead of need, or undefined if none is ready; tops the pool up either way.
-   * The upload keeps it under its own name in `.ferry/fresh/` (a file that arrives whole is linked
-   * into place from there) and moves it to its partial's name at its first checkpoint.
+   * An empty partial created ahead of need, renamed to `partPath` (replacing what is there, as
+   * opening it with truncation would), or undefined if none is ready. Tops the pool up either way.
    */
-  #takeFresh(): { path: string; handle: fs.FileHandle } | undefined {
+  #takeFresh(partPath: string): fs.FileHandle | undefined {
     const fresh = this.#fresh.pop();
     this.#fillFresh();
-    return fresh;
+    if (!fresh) return undefined;
+    try {
+      fss.renameSync(fresh.path, partPath);
+      return fresh.handle;
+    } catch {
+      // Gone (a second inbox on this directory swept it at open): create one the usual way.
+      fresh.handle.close().catch(() => {});
+      rmForce(fresh.path).catch(() => {});
+      return undefined;
+    }
   }
 
   /** Starts creating up to two fresh partials (the pool grows with use, up to FRESH_MAX). */
   #fillFresh(): void {
     for (let i = 0; i < 2 && this.#fresh.length + this.#freshFills.size < FRESH_MAX; i++) {
       const file = path.join(this.#freshDir, randomBytes(16).toString("hex") + ".fresh");
-      freshInUse.add(file); // from now until its upload ends (or the pool drops it)
       const fill: Promise<void> = fs.open(file, "wx+").then(
         (handle) => {
           this.#fresh.push({ path: file, handle });
         },
-        () => {
-          freshInUse.delete(file); // full disk, …: begin() creates its partial itself and reports it
-        },
+        () => {}, // full disk, …: begin() creates its partial itself and reports the error
       ).finally(() => {
         this.#freshFills.delete(fill);
         this.#armFreshDrain();
@@ -861,7 +857,6 @@ export class Inbox {
     for (const fresh of this.#fresh.splice(0)) {
       await fresh.handle.close().catch(() => {});
       await rmForce(fresh.path).catch(() => {});
-      freshInUse.delete(fresh.path);
     }
   }
 
@@ -1006,9 +1001,6 @@ interface UploadInit {
   handle: fs.FileHandle;
   hash: Hash;
   offset: number;
-  /** Where the bytes are now: the partial itself, or a fresh file not yet moved there. */
-  dataPath: string;
-  /** The partial's own name (`<key>.part`), which a sidecar refers to. */
   partPath: string;
   sidecarPath: string;
   /** A sidecar for this key may exist on disk (it must be deleted when the upload ends). */
@@ -1060,9 +1052,7 @@ export class Upload {
   readonly #header: FileHeader;
   readonly #handle: fs.FileHandle;
   #hash: Hash;
-  /** Where the bytes are: the fresh file, until the first sidecar moves them to `#keyPartPath`. */
-  #partPath: string;
-  readonly #keyPartPath: string;
+  readonly #partPath: string;
   readonly #sidecarPath: string;
   #sidecarOnDisk: boolean;
   readonly #release: () => void;
@@ -1086,8 +1076,7 @@ export class Upload {
     this.#received = init.offset;
     this.size = init.header.size;
     this.name = init.header.name;
-    this.#partPath = init.dataPath;
-    this.#keyPartPath = init.partPath;
+    this.#partPath = init.partPath;
     this.#sidecarPath = init.sidecarPath;
     this.#sidecarOnDisk = init.sidecarOnDisk;
     // Releasing twice could drop the lock of a later upload of the same file: once only.
@@ -1234,13 +1223,8 @@ export class Upload {
         await this.#handle.close();
         const receipt = await this.#commit(this.#partPath, header, image);
         this.#settled = true;
-        freshInUse.delete(this.#partPath);
-        // A file that arrived whole before its first checkpoint never had a sidecar. One that is on
-        // disk belongs to this key's partial: an earlier one not resumed, or this one's.
-        if (this.#sidecarOnDisk) {
-          rmForceSync(this.#sidecarPath);
-          if (this.#keyPartPath !== this.#partPath) rmForceSync(this.#keyPartPath);
-        }
+        // A file that arrived whole before its first checkpoint never had a sidecar.
+        if (this.#sidecarOnDisk) rmForceSync(this.#sidecarPath);
         this.#release();
         return receipt;
       } catch (e) {
@@ -1265,7 +1249,6 @@ export class Upload {
       if (this.#closed) return;
       this.#closed = true;
       try {
-        this.#moveToPartialName();
         await this.#handle.datasync();
         this.#sidecarOnDisk = true;
         await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
@@ -1301,30 +1284,14 @@ export class Upload {
     }
     try {
       await rmForce(this.#partPath);
-      freshInUse.delete(this.#partPath);
-      if (this.#sidecarOnDisk) {
-        await rmForce(this.#sidecarPath);
-        if (this.#keyPartPath !== this.#partPath) await rmForce(this.#keyPartPath);
-      }
+      if (this.#sidecarOnDisk) await rmForce(this.#sidecarPath);
     } finally {
       this.#release();
     }
   }
 
-  /**
-   * A sidecar describes `<key>.part`: before the first one is written, bytes kept in a fresh file
-   * move there (replacing an earlier partial of the same key, as opening it with truncation would).
-   */
-  #moveToPartialName(): void {
-    if (this.#partPath === this.#keyPartPath) return;
-    fss.renameSync(this.#partPath, this.#keyPartPath);
-    freshInUse.delete(this.#partPath);
-    this.#partPath = this.#keyPartPath;
-  }
-
   async #checkpoint(): Promise<void> {
     try {
-      this.#moveToPartialName();
       await this.#handle.datasync();
       this.#sidecarOnDisk = true;
       await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
