@@ -320,9 +320,10 @@ export async function serveMain(args: string[]): Promise<number> {
     log(
       "info",
       { event: "file", conn: connection.id, peer: connection.peer, ...receipt },
-      `#${connection.id} ${receipt.duplicate ? "already have" : "stored"} "${
-        escapeForDisplay(receipt.name)
-      }" ${formatBytes(receipt.size)} sha256:${receipt.sha256.slice(0, 16)}…`,
+      () =>
+        `#${connection.id} ${receipt.duplicate ? "already have" : "stored"} "${
+          escapeForDisplay(receipt.name)
+        }" ${formatBytes(receipt.size)} sha256:${receipt.sha256.slice(0, 16)}…`,
     );
   });
   server.on("fileError", ({ connection, name, error }) => {
@@ -356,10 +357,15 @@ type Level = "info" | "warn" | "error";
 
 /** One line per event: human-readable, or JSON with --log-json. Names are escaped by the callers. */
 function makeLogger(json: boolean, quiet: boolean) {
-  return (level: Level, fields: Record<string, unknown>, text: string) => {
+  // `text` may be a function: a line per file is only formatted when it is printed.
+  return (level: Level, fields: Record<string, unknown>, text: string | (() => string)) => {
     if (quiet && level === "info" && fields.event !== "listening" && fields.event !== "http") return;
     const time = new Date().toISOString();
     if (json) out(JSON.stringify({ time, level, ...fields }));
-    else out(`${time} ${level === "info" ? "" : level.toUpperCase() + " "}${text}`);
+    else {out(
+        `${time} ${level === "info" ? "" : level.toUpperCase() + " "}${
+          typeof text === "function" ? text() : text
+        }`,
+      );}
   };
 }

@@ -184,6 +184,37 @@ interface Offered {
   digest?: Uint8Array;
 }
 
+/**
+ * Bytes sent so far over all files (each counted up to its size), kept as a running total: a
+ * progress event per small file must not sum over every file (quadratic in the file count).
+ */
+class Progress {
+  readonly totalBytes: number;
+  #jobs: FileJob[];
+  #sent = 0;
+
+  constructor(jobs: FileJob[], totalBytes: number) {
+    this.#jobs = jobs;
+    this.totalBytes = totalBytes;
+  }
+
+  get totalSent(): number {
+    return this.#sent;
+  }
+
+  /** Sets `job.sent`, keeping the total. */
+  setSent(job: FileJob, sent: number): void {
+    const size = job.file?.size ?? 0;
+    this.#sent += Math.min(sent, size) - Math.min(job.sent, size);
+    job.sent = sent;
+  }
+
+  /** Sums from scratch (a file's size may have changed since it was last described). */
+  recount(): void {
+    this.#sent = this.#jobs.reduce((n, j) => n + (j.file ? Math.min(j.sent, j.file.size) : 0), 0);
+  }
+}
+
 /** The answer to a FILE frame on one connection. */
 type Answer = { kind: "accept"; offset: number } | { kind: "finished" };
 
@@ -242,10 +273,7 @@ export async function send(
     emit({ type: "error", name: job.item.name, code: error.code, message: error.message });
   }
 
-  const progress = {
-    totalBytes,
-    totalSent: () => jobs.reduce((n, j) => n + (j.file ? Math.min(j.sent, j.file.size) : 0), 0),
-  };
+  const progress = new Progress(jobs, totalBytes);
 
   // Grows only when the receiver confirms something new: a higher resume offset, a receipt, an ack.
   const progressMark = () =>
@@ -259,6 +287,7 @@ export async function send(
     const markBefore = progressMark();
     try {
       conn = await connectWithTimeout(runtime, to, options);
+      progress.recount(); // files may have been described again since the last connection
       const session = new ClientSession(conn, options, emit, result, fail, progress);
       await session.handshake();
       emit({ type: "connected", attempt, server: `${to.hostname}:${to.port}` });
@@ -369,7 +398,7 @@ class ClientSession {
   #emit: (e: SendEvent) => void;
   #result: SendResult;
   #fail: (job: FileJob, error: FerryError) => void;
-  #progress: { totalBytes: number; totalSent: () => number };
+  #progress: Progress;
   #serverMaxFrame = DEFAULT_MAX_FRAME_SIZE;
   /** The server announced DIGEST_AT_END: large files may be streamed before they are hashed. */
   #digestAtEnd = false;
@@ -387,7 +416,7 @@ class ClientSession {
     emit: (e: SendEvent) => void,
     result: SendResult,
     fail: (job: FileJob, error: FerryError) => void,
-    progress: { totalBytes: number; totalSent: () => number },
+    progress: Progress,
   ) {
     this.#conn = conn;
     this.#o = options;
@@ -606,7 +635,7 @@ class ClientSession {
       1,
       Math.min(this.#o.chunkSize ?? DEFAULT_CHUNK, this.#serverMaxFrame - DATA_PREFIX_SIZE, READ_CHUNK),
     );
-    job.sent = offset;
+    this.#progress.setSent(job, offset);
     const readError = (e: Error): never => {
       throw new LocalFileError("IO_ERROR", `Cannot read ${file.path}: ${e.message}`, { cause: e });
     };
@@ -654,7 +683,7 @@ class ClientSession {
         hash?.update(chunk);
         await sending;
         position += bytesRead;
-        job.sent = position;
+        this.#progress.setSent(job, position);
         this.#result.bytesSent += bytesRead;
         const now = performance.now();
         if (now - lastEmit > 100 || position === file.size) {
@@ -664,7 +693,7 @@ class ClientSession {
             name: file.name,
             sent: position,
             size: file.size,
-            totalSent: this.#progress.totalSent(),
+            totalSent: this.#progress.totalSent,
             totalBytes: this.#progress.totalBytes,
           });
         }
@@ -718,7 +747,7 @@ class ClientSession {
         const file = entry.job.file!;
         const sha256 = toHex(m.sha256);
         entry.job.done = true;
-        entry.job.sent = file.size;
+        this.#progress.setSent(entry.job, file.size);
         file.data = undefined;
         // Our own hash: from before the offer, or (DIGEST_AT_END) computed while streaming.
         const ours = entry.digestAtEnd ? entry.digest : file.sha256;

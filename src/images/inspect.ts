@@ -244,6 +244,7 @@ export class ImageSniffer {
   #head?: Uint8Array;
   #have = 0;
   #done = false;
+  #notAnImage = false;
 
   /**
    * @param name the (validated) name of the file
@@ -267,6 +268,15 @@ export class ImageSniffer {
   /** True once the head has decided, or can no longer decide, anything. */
   get done(): boolean {
     return this.#done;
+  }
+
+  /**
+   * True when the head showed that the content is not an image and the policy lets it pass: the full
+   * check of the complete file ({@linkcode inspectFile}) would reach the same verdict from the same
+   * first bytes, so it can be skipped.
+   */
+  get notAnImage(): boolean {
+    return this.#notAnImage;
   }
 
   /** Feeds the bytes of a DATA frame at `offset`; throws `FerryError` to refuse the file. */
@@ -302,7 +312,10 @@ export class ImageSniffer {
     const found = detectFormat(view, complete);
     if (found === NEED_MORE) return false;
     judge(this.#name, found, this.#policy);
-    if (found === undefined) return true;
+    if (found === undefined) {
+      this.#notAnImage = true;
+      return true;
+    }
     const reader = new ByteReader(memorySource(view, this.#size));
     let walk: WalkResult;
     try {

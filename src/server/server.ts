@@ -271,6 +271,7 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
     await Promise.race([Promise.all([...sessions].map((s) => s.drained())), graceOver]);
     clearTimeout(timer);
     await Promise.all([...sessions].map((s) => s.shutdown()));
+    await inbox.close();
   }
   if (options.http) {
     try {

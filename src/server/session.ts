@@ -69,6 +69,10 @@ export class Session {
   #failed = new Set<number>();
   #heartbeat?: Heartbeat;
   #deadline?: ReturnType<typeof setTimeout>;
+  /** When a file or message frame last arrived (for the idle timeout). */
+  #lastActivity = 0;
+  /** The idle timer is running (armed by {@linkcode #touch}). */
+  #idleArmed = false;
   #bytesReceived = 0;
   #rate = 0;
   #rateWindowStart = performance.now();
@@ -172,7 +176,7 @@ export class Session {
       );
       await this.#handshake();
       this.#state = "idle";
-      this.#armDeadline(this.#o.idleTimeoutMs, "IDLE_TIMEOUT", "Connection was idle too long");
+      this.#touch(); // the idle timeout starts now
       this.#startHeartbeat();
       for (;;) {
         const message = await this.#channel.receive();
@@ -260,7 +264,7 @@ export class Session {
   }
 
   /** (Re)arms the connection deadline; expiry sends the error and closes. */
-  #armDeadline(ms: number, code: "HANDSHAKE_TIMEOUT" | "IDLE_TIMEOUT", message: string): void {
+  #armDeadline(ms: number, code: "HANDSHAKE_TIMEOUT", message: string): void {
     clearTimeout(this.#deadline);
     this.#deadline = setTimeout(() => {
       this.#fail(new FerryError(code, `${message} (${ms} ms)`)).catch(() => {});
@@ -333,8 +337,26 @@ export class Session {
     }
   }
 
+  /**
+   * Marks file or message activity. The idle timer is not re-armed per frame (three timers per small
+   * file): it is armed once, and when it fires early because of later activity it waits for the rest.
+   */
   #touch(): void {
-    this.#armDeadline(this.#o.idleTimeoutMs, "IDLE_TIMEOUT", "Connection was idle too long");
+    this.#lastActivity = performance.now();
+    if (this.#idleArmed) return;
+    this.#idleArmed = true;
+    const check = () => {
+      const left = this.#lastActivity + this.#o.idleTimeoutMs - performance.now();
+      if (left > 0) {
+        this.#deadline = setTimeout(check, left);
+        return;
+      }
+      this.#idleArmed = false;
+      const ms = this.#o.idleTimeoutMs;
+      this.#fail(new FerryError("IDLE_TIMEOUT", `Connection was idle too long (${ms} ms)`)).catch(() => {});
+    };
+    clearTimeout(this.#deadline);
+    this.#deadline = setTimeout(check, this.#o.idleTimeoutMs);
   }
 
   async #onFile(id: number, header: FileHeader): Promise<void> {
@@ -442,7 +464,8 @@ export class Session {
     // Forgotten only once the RECEIPT is out (queued on the socket): a graceful shutdown waits for it.
     let receipt: Receipt;
     try {
-      receipt = await open.upload.finish(digest);
+      // A head the sniffer saw to be no image needs no second look at the whole file.
+      receipt = await open.upload.finish(digest, { notAnImage: open.sniffer.notAnImage });
     } catch (e) {
       await previous;
       this.#finishing.delete(id);

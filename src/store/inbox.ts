@@ -13,8 +13,9 @@
  */
 
 import * as fs from "node:fs/promises";
+import * as fss from "node:fs";
 import * as path from "node:path";
-import { createHash, type Hash } from "node:crypto";
+import { createHash, type Hash, randomBytes } from "node:crypto";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
 
@@ -187,10 +188,50 @@ const MAX_COLLISIONS = 9999;
 const REHASH_CHUNK = 4 * MiB;
 const TAIL_SCAN_CHUNK = 64 * 1024;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
+/** Closes the descriptors of an inbox that was dropped without {@linkcode Inbox.close}. */
+const fdReaper = typeof FinalizationRegistry === "function"
+  ? new FinalizationRegistry<Set<number>>((fds) => {
+    for (const fd of fds) {
+      try {
+        fss.closeSync(fd);
+      } catch {
+        // already gone
+      }
+    }
+  })
+  : undefined;
+
+/** Opening a folder for fsync: read-only, and never through a symlink in the last component. */
+const DIR_OPEN_FLAGS = (fss.constants?.O_RDONLY ?? 0) | (fss.constants?.O_DIRECTORY ?? 0) |
+  (fss.constants?.O_NOFOLLOW ?? 0);
+/** How long a free-space reading is reused (minus the sizes accepted since) before statfs runs again. */
+const FREE_SPACE_TTL_MS = 1000;
+/** Directories kept open per inbox for their group-committed fsyncs. */
+const MAX_DIR_HANDLES = 32;
+/**
+ * Empty partials created ahead of need, so a burst of small files does not wait for a file creation
+ * (hundreds of µs of kernel time here) per FILE: at most this many per inbox…
+ */
+const FRESH_MAX = 16;
+/** …and closed and deleted once no upload has begun for this long. */
+const FRESH_IDLE_MS = 2000;
+/** A fresh partial's name in `.ferry/fresh/`; one left by a crash is deleted by `open()`. */
+const FRESH_NAME = /^[0-9a-f]{32}\.fresh$/;
+/** Relative directories remembered as checked (plain directories, no symlink) per inbox. */
+const MAX_CHECKED_DIRS = 4096;
 
 // Keys of uploads open in this process, as "<real inbox>\0<key>", shared by
 // every Inbox on the same directory.
 const busyKeys = new Set<string>();
+
+/** A placement folder kept open for fsync; closed once dropped and no fsync uses it. */
+interface DirHandle {
+  fd: number;
+  dev: number;
+  ino: number;
+  users: number;
+  dropped: boolean;
+}
 
 /** Sidecar of a partial file: `.ferry/partial/<key>.json`. */
 interface Sidecar {
@@ -229,6 +270,8 @@ export class Inbox {
   readonly #realDir: string;
   readonly #opts: Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect">;
   readonly #partialDir: string;
+  /** Empty files created ahead of need, renamed into `#partialDir` when an upload begins. */
+  readonly #freshDir: string;
   readonly #receiptsPath: string;
   readonly #messagesPath: string;
   #receipts: Receipt[] = [];
@@ -240,6 +283,28 @@ export class Inbox {
   #appendTail: Promise<unknown> = Promise.resolve();
   /** Per ndjson file, the batch of lines waiting for the next group-committed write and fsync. */
   #pendingAppends = new Map<string, { lines: string[]; done: Promise<void> }>();
+  /** The ndjson files, kept open for appending (opened on first use, reopened after an error). */
+  #appendFds = new Map<string, number>();
+  /** Directories kept open for their fsyncs, with the identity they had when opened. */
+  #dirHandles = new Map<string, DirHandle>();
+  /**
+   * Relative directories ("a/b") whose every component was found to be a plain directory at the
+   * last placement in them. Only {@linkcode begin}'s early check trusts this; placement walks again.
+   */
+  #checkedDirs = new Set<string>();
+  /**
+   * Every descriptor the two maps above hold, closed by {@linkcode close} or, for an inbox dropped
+   * without it, when the inbox is collected. Raw descriptors, not FileHandles: Bun treats a
+   * FileHandle collected while open as an error.
+   */
+  #fds = new Set<number>();
+  /** Empty partials created ahead of need (see {@linkcode FRESH_MAX}). */
+  #fresh: Array<{ path: string; handle: fs.FileHandle }> = [];
+  /** Creations of fresh partials in flight. */
+  #freshFills = new Set<Promise<void>>();
+  #freshTimer?: ReturnType<typeof setTimeout>;
+  /** The last statfs reading and the declared bytes accepted since. */
+  #free?: { bytes: number; at: number; reserved: number };
 
   private constructor(
     dir: string,
@@ -250,8 +315,10 @@ export class Inbox {
     this.#realDir = realDir;
     this.#opts = opts;
     this.#partialDir = path.join(dir, STATE_DIR, "partial");
+    this.#freshDir = path.join(dir, STATE_DIR, "fresh");
     this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
     this.#messagesPath = path.join(dir, STATE_DIR, "messages.ndjson");
+    fdReaper?.register(this, this.#fds);
   }
 
   /**
@@ -274,7 +341,7 @@ export class Inbox {
       const realDir = await fs.realpath(dir);
       // One level at a time: a planted symlink here would redirect our own writes.
       const stateDir = path.join(dir, STATE_DIR);
-      for (const p of [stateDir, path.join(stateDir, "partial")]) {
+      for (const p of [stateDir, path.join(stateDir, "partial"), path.join(stateDir, "fresh")]) {
         await fs.mkdir(p).catch((e) => {
           if (errno(e) !== "EEXIST") throw e;
         });
@@ -443,30 +510,41 @@ export class Inbox {
     let handle: fs.FileHandle | undefined;
     try {
       // With a digest at the end, the hash is not known yet: duplicates are found by finish().
-      const dup = h.digestAtEnd ? undefined : await this.#findDuplicate(h.name, h.sha256);
+      const dup = h.digestAtEnd ? undefined : this.#findDuplicate(h.name, h.sha256);
       if (dup) {
         busyKeys.delete(lock);
         return { kind: "duplicate", receipt: { ...dup, duplicate: true } };
       }
-      // Early refusals; placement re-checks everything at commit time.
-      const parent = await this.#safeParent(h.name, false);
+      // Early refusals; placement re-checks everything at commit time. A directory checked at an
+      // earlier placement is not walked again here (placement walks it anyway).
+      const slash = h.name.lastIndexOf("/");
+      const relDir = slash === -1 ? "" : h.name.slice(0, slash);
+      const parent = relDir === ""
+        ? this.dir
+        : this.#checkedDirs.has(relDir)
+        ? path.join(this.dir, relDir)
+        : this.#safeParent(h.name, false)?.path;
       if (this.#opts.onCollision === "reject" && parent !== undefined) {
-        if (await exists(path.join(parent, path.basename(h.name)))) {
+        if (lstatSyncOrUndefined(path.join(parent, path.basename(h.name)))) {
           throw new FerryError("NAME_EXISTS", `Cannot accept "${shownName}": a file with that name exists`);
         }
       }
       const partPath = path.join(this.#partialDir, key + ".part");
       const sidecarPath = path.join(this.#partialDir, key + ".json");
+      // Most files are new: one cheap check instead of a failed read of a sidecar that is not there.
+      const sidecarOnDisk = fss.existsSync(sidecarPath);
       let offset = 0;
       let hash = createHash("sha256");
-      if (h.resume) {
+      if (h.resume && sidecarOnDisk) {
         const resumed = await tryResume(partPath, sidecarPath, h);
         if (resumed) {
           ({ handle, hash, offset } = resumed);
         }
       }
       await this.#checkFreeSpace(h.size - offset, shownName);
-      handle ??= await fs.open(partPath, "w+");
+      // Creating the inode is the expensive part (hundreds of µs of kernel time): a partial created
+      // ahead of need is renamed into place; without one, the creation runs off the main thread.
+      handle ??= this.#takeFresh(partPath) ?? await fs.open(partPath, "w+");
       const upload = new Upload({
         header: h,
         handle,
@@ -474,9 +552,10 @@ export class Inbox {
         offset,
         partPath,
         sidecarPath,
+        sidecarOnDisk: sidecarOnDisk || offset > 0,
         release: () => busyKeys.delete(lock),
         commit: (temp, header, image) => this.#commit(temp, header, image),
-        findDuplicate: (name, sha256) => this.#findDuplicate(name, sha256),
+        findDuplicate: (name, sha256) => Promise.resolve(this.#findDuplicate(name, sha256)),
         inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
       });
@@ -496,21 +575,22 @@ export class Inbox {
   async #commit(temp: string, header: FileHeader, image?: ReceiptImage): Promise<Receipt> {
     const name = header.name;
     const shownName = escapeForDisplay(name);
-    const parent = await this.#safeParent(name, true);
-    if (parent === undefined) throw new FerryError("INTERNAL", `Cannot place "${shownName}": no parent`);
+    const checked = this.#safeParent(name, true);
+    if (checked === undefined) throw new FerryError("INTERNAL", `Cannot place "${shownName}": no parent`);
+    const parent = checked.path;
     const dirPart = name.includes("/") ? name.slice(0, name.lastIndexOf("/") + 1) : "";
     const policy = this.#opts.onCollision;
     let stored = name;
     if (policy === "overwrite") {
       const target = path.join(parent, path.basename(name));
-      const st = await lstatOrUndefined(target);
+      const st = lstatSyncOrUndefined(target);
       if (st?.isSymbolicLink()) {
         throw new FerryError("BAD_NAME", `Cannot place "${shownName}": the existing entry is a symlink`);
       }
       if (st?.isDirectory()) {
         throw new FerryError("NAME_EXISTS", `Cannot place "${shownName}": a directory has that name`);
       }
-      await fs.rename(temp, target);
+      fss.renameSync(temp, target);
     } else {
       const last = policy === "rename" ? MAX_COLLISIONS : 0;
       let placed = false;
@@ -528,9 +608,9 @@ export class Inbox {
             : `Cannot place "${shownName}": ${MAX_COLLISIONS} renamed copies exist already`,
         );
       }
-      await rmForce(temp); // already gone if the no-hard-link fallback renamed it
+      rmForceSync(temp); // already gone if the no-hard-link fallback renamed it
     }
-    await syncDir(parent);
+    await syncDir(parent, () => this.#fsyncDir(parent, checked.st));
     const receipt: Receipt = {
       name: stored,
       requestedName: name,
@@ -554,7 +634,7 @@ export class Inbox {
     return { ...receipt };
   }
 
-  async #findDuplicate(name: string, sha256: string): Promise<Receipt | undefined> {
+  #findDuplicate(name: string, sha256: string): Receipt | undefined {
     const candidates = [...(this.#byRequested.get(name) ?? [])];
     const byName = this.#byStored.get(name);
     if (byName) candidates.push(byName);
@@ -562,9 +642,14 @@ export class Inbox {
       const r = candidates[i];
       // Only the latest receipt for a stored name describes what is on disk now.
       if (r.sha256 !== sha256 || this.#byStored.get(r.name) !== r) continue;
-      const parent = await this.#safeParent(r.name, false).catch(() => undefined);
+      let parent: string | undefined;
+      try {
+        parent = this.#safeParent(r.name, false)?.path;
+      } catch {
+        continue;
+      }
       if (parent === undefined) continue;
-      const st = await lstatOrUndefined(path.join(parent, path.basename(r.name)));
+      const st = lstatSyncOrUndefined(path.join(parent, path.basename(r.name)));
       if (st?.isFile() && st.size === r.size) return r;
     }
     return undefined;
@@ -576,20 +661,25 @@ export class Inbox {
    * missing ones. Returns the parent's path, or undefined if it does not
    * exist and `create` is false.
    */
-  async #safeParent(relPath: string, create: boolean): Promise<string | undefined> {
+  #safeParent(relPath: string, create: boolean): { path: string; st?: fss.Stats } | undefined {
+    // Synchronous: an lstat of a cached inode costs a few µs, an async one a thread-pool round trip.
     const parts = relPath.split("/").slice(0, -1);
     let cur = this.dir;
+    let st: fss.Stats | undefined;
     for (const part of parts) {
       cur = path.join(cur, part);
-      let st = await lstatOrUndefined(cur);
+      st = lstatSyncOrUndefined(cur);
       if (!st) {
         if (!create) return undefined;
-        await fs.mkdir(cur).catch((e) => {
+        try {
+          fss.mkdirSync(cur);
+        } catch (e) {
           if (errno(e) !== "EEXIST") throw e;
-        });
-        st = await fs.lstat(cur);
+        }
+        st = fss.lstatSync(cur);
       }
       if (st.isSymbolicLink() || !st.isDirectory()) {
+        this.#checkedDirs.clear();
         throw new FerryError(
           "BAD_NAME",
           `Cannot accept name "${escapeForDisplay(relPath)}": "${
@@ -602,10 +692,25 @@ export class Inbox {
     // No realpath() here: every component below the inbox was just checked with lstat to be a real
     // directory (not a symlink), and the final placement (link/rename) is re-checked at commit time.
     // realpath() cost ~8 readlink calls per file.
-    return cur;
+    if (parts.length > 0) {
+      if (this.#checkedDirs.size >= MAX_CHECKED_DIRS) this.#checkedDirs.clear();
+      this.#checkedDirs.add(parts.join("/"));
+    }
+    return { path: cur, st };
   }
 
   async #checkFreeSpace(needed: number, shownName: string): Promise<void> {
+    // A recent reading, minus the declared sizes accepted since, is enough to accept a file; a refusal
+    // is only ever based on a fresh statfs.
+    const now = performance.now();
+    const last = this.#free;
+    if (
+      last && now - last.at < FREE_SPACE_TTL_MS &&
+      last.bytes - last.reserved - needed >= this.#opts.minFreeBytes
+    ) {
+      last.reserved += needed;
+      return;
+    }
     const statfs = (fs as { statfs?: typeof fs.statfs }).statfs;
     if (typeof statfs !== "function") return;
     let free: number;
@@ -616,6 +721,7 @@ export class Inbox {
       return; // not supported here: skip the check rather than refuse every file
     }
     if (!Number.isFinite(free)) return;
+    this.#free = { bytes: free, at: now, reserved: 0 };
     if (free - needed < this.#opts.minFreeBytes) {
       throw new FerryError(
         "INSUFFICIENT_STORAGE",
@@ -623,6 +729,7 @@ export class Inbox {
           `and ${this.#opts.minFreeBytes} must stay free`,
       );
     }
+    this.#free.reserved += needed;
   }
 
   async #sweep(atOpen: boolean): Promise<number> {
@@ -631,6 +738,12 @@ export class Inbox {
     const entries = await fs.readdir(this.#partialDir);
     const present = new Set(entries);
     const doomed = new Set<string>();
+    if (atOpen) {
+      // Created ahead of need by a process now gone.
+      for (const entry of await fs.readdir(this.#freshDir)) {
+        if (FRESH_NAME.test(entry)) await rmForce(path.join(this.#freshDir, entry));
+      }
+    }
     for (const entry of entries) {
       const key = keyOf(entry);
       if (key === undefined || busyKeys.has(this.#realDir + "\0" + key)) continue;
@@ -689,6 +802,143 @@ export class Inbox {
   }
 
   /**
+   * An empty partial created ahead of need, renamed to `partPath` (replacing what is there, as
+   * opening it with truncation would), or undefined if none is ready. Tops the pool up either way.
+   */
+  #takeFresh(partPath: string): fs.FileHandle | undefined {
+    const fresh = this.#fresh.pop();
+    this.#fillFresh();
+    if (!fresh) return undefined;
+    try {
+      fss.renameSync(fresh.path, partPath);
+      return fresh.handle;
+    } catch {
+      // Gone (a second inbox on this directory swept it at open): create one the usual way.
+      fresh.handle.close().catch(() => {});
+      rmForce(fresh.path).catch(() => {});
+      return undefined;
+    }
+  }
+
+  /** Starts creating up to two fresh partials (the pool grows with use, up to FRESH_MAX). */
+  #fillFresh(): void {
+    for (let i = 0; i < 2 && this.#fresh.length + this.#freshFills.size < FRESH_MAX; i++) {
+      const file = path.join(this.#freshDir, randomBytes(16).toString("hex") + ".fresh");
+      const fill: Promise<void> = fs.open(file, "wx+").then(
+        (handle) => {
+          this.#fresh.push({ path: file, handle });
+        },
+        () => {}, // full disk, …: begin() creates its partial itself and reports the error
+      ).finally(() => {
+        this.#freshFills.delete(fill);
+        this.#armFreshDrain();
+      });
+      this.#freshFills.add(fill);
+    }
+    this.#armFreshDrain();
+  }
+
+  /** (Re)arms the timer that closes and deletes unused fresh partials once uploads stop. */
+  #armFreshDrain(): void {
+    clearTimeout(this.#freshTimer);
+    if (this.#fresh.length === 0 && this.#freshFills.size === 0) return;
+    this.#freshTimer = setTimeout(() => {
+      this.#freshTimer = undefined;
+      this.#drainFresh().catch(() => {});
+    }, FRESH_IDLE_MS);
+    // Never what keeps a process alive.
+    (this.#freshTimer as { unref?: () => void }).unref?.();
+  }
+
+  async #drainFresh(): Promise<void> {
+    clearTimeout(this.#freshTimer);
+    this.#freshTimer = undefined;
+    await Promise.all(this.#freshFills);
+    for (const fresh of this.#fresh.splice(0)) {
+      await fresh.handle.close().catch(() => {});
+      await rmForce(fresh.path).catch(() => {});
+    }
+  }
+
+  /**
+   * Fsyncs a placement directory through a handle kept open for it. `st` is the directory's lstat from
+   * the walk that just checked it; a handle opened on another inode (the directory was replaced) is
+   * closed and the directory opened again.
+   */
+  async #fsyncDir(dir: string, st: fss.Stats | undefined): Promise<void> {
+    let entry = this.#dirHandles.get(dir);
+    if (entry && st && (entry.dev !== st.dev || entry.ino !== st.ino)) {
+      this.#dropDirHandle(dir, entry);
+      entry = undefined;
+    }
+    try {
+      if (!entry) {
+        const fd = await openFd(dir, DIR_OPEN_FLAGS);
+        this.#fds.add(fd);
+        try {
+          const now = fss.fstatSync(fd);
+          if (!now.isDirectory()) throw new FerryError("IO_ERROR", "Cannot sync the folder: not a directory");
+          entry = { fd, dev: now.dev, ino: now.ino, users: 0, dropped: false };
+        } catch (e) {
+          this.#closeFd(fd);
+          throw e;
+        }
+        this.#dirHandles.set(dir, entry);
+        if (this.#dirHandles.size > MAX_DIR_HANDLES) {
+          const [oldest, old] = this.#dirHandles.entries().next().value!;
+          this.#dropDirHandle(oldest, old);
+        }
+      }
+      entry.users++;
+      try {
+        await fsyncFd(entry.fd);
+      } finally {
+        entry.users--;
+        if (entry.dropped && entry.users === 0) this.#closeFd(entry.fd);
+      }
+    } catch {
+      // Some platforms (Windows) cannot open or fsync a directory; the rename/link is still atomic.
+      if (entry) this.#dropDirHandle(dir, entry);
+    }
+  }
+
+  /** Forgets a kept-open folder; it is closed once no fsync uses it. */
+  #dropDirHandle(dir: string, entry: DirHandle): void {
+    if (this.#dirHandles.get(dir) === entry) this.#dirHandles.delete(dir);
+    if (entry.dropped) return;
+    entry.dropped = true;
+    if (entry.users === 0) this.#closeFd(entry.fd);
+  }
+
+  /**
+   * Closes the files and folders the inbox keeps open (the ndjson indexes, placement folders), once
+   * pending appends are done. The inbox stays usable: they are opened again when needed.
+   *
+   * @example
+   * ```ts
+   * import { Inbox } from "./inbox.ts";
+   * const inbox = await Inbox.open({ dir: "./inbox" });
+   * await inbox.close();
+   * ```
+   */
+  async close(): Promise<void> {
+    await this.#drainFresh();
+    await this.#appendTail;
+    for (const fd of this.#appendFds.values()) this.#closeFd(fd);
+    this.#appendFds.clear();
+    for (const [dir, entry] of [...this.#dirHandles]) this.#dropDirHandle(dir, entry);
+  }
+
+  #closeFd(fd: number): void {
+    if (!this.#fds.delete(fd)) return;
+    try {
+      fss.closeSync(fd);
+    } catch {
+      // already gone
+    }
+  }
+
+  /**
    * Appends a line to an ndjson file durably. Group commit: lines queued while an earlier batch is
    * being written and fsynced go out together in the next batch, sharing one write and one fsync; each
    * caller's promise settles only once its own line is fsynced.
@@ -703,12 +953,27 @@ export class Inbox {
       const run = async () => {
         // From here on, new lines start the next batch.
         if (this.#pendingAppends.get(file)?.lines === lines) this.#pendingAppends.delete(file);
-        const fh = await fs.open(file, "a");
+        // Kept open between batches: an open and a close less per batch. After an error it is closed
+        // and the next batch opens the file again.
+        let fd = this.#appendFds.get(file);
+        if (fd === undefined) {
+          fd = await openFd(file, "a");
+          this.#fds.add(fd);
+          this.#appendFds.set(file, fd);
+        }
         try {
-          await writeAll(fh, new TextEncoder().encode(lines.join("")), 0);
-          await fh.sync();
-        } finally {
-          await fh.close();
+          // A few hundred bytes into the page cache: cheaper done here than as a thread-pool job.
+          const bytes = new TextEncoder().encode(lines.join(""));
+          for (let done = 0; done < bytes.length;) {
+            const n = fss.writeSync(fd, bytes, done, bytes.length - done);
+            if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+            done += n;
+          }
+          await fsyncFd(fd);
+        } catch (e) {
+          if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
+          this.#closeFd(fd);
+          throw e;
         }
       };
       const p = this.#appendTail.then(run, run);
@@ -738,6 +1003,8 @@ interface UploadInit {
   offset: number;
   partPath: string;
   sidecarPath: string;
+  /** A sidecar for this key may exist on disk (it must be deleted when the upload ends). */
+  sidecarOnDisk: boolean;
   release: () => void;
   commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
   findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
@@ -787,6 +1054,7 @@ export class Upload {
   #hash: Hash;
   readonly #partPath: string;
   readonly #sidecarPath: string;
+  #sidecarOnDisk: boolean;
   readonly #release: () => void;
   readonly #syncEveryBytes: number;
   #received: number;
@@ -810,6 +1078,7 @@ export class Upload {
     this.name = init.header.name;
     this.#partPath = init.partPath;
     this.#sidecarPath = init.sidecarPath;
+    this.#sidecarOnDisk = init.sidecarOnDisk;
     // Releasing twice could drop the lock of a later upload of the same file: once only.
     let released = false;
     this.#release = () => {
@@ -885,12 +1154,16 @@ export class Upload {
    * requested name and that hash is already stored, the partial is deleted
    * and the original receipt is returned, marked `duplicate`.
    *
+   * `options.notAnImage`: the caller looked at the file's first bytes (an
+   * image sniffer that decided) and they are not an image, so the
+   * `inspect` hook, which would only reach the same verdict, is skipped.
+   *
    * @example
    * ```ts ignore
    * const receipt = await upload.finish(); // receipt.name may be "photo (1).jpg"
    * ```
    */
-  finish(sha256?: string): Promise<Receipt> {
+  finish(sha256?: string, options?: { notAnImage?: boolean }): Promise<Receipt> {
     return this.#queue(async () => {
       this.#assertOpen();
       const atEnd = this.#header.digestAtEnd === true;
@@ -937,19 +1210,21 @@ export class Upload {
       }
       try {
         // A refusal (e.g. CORRUPT_IMAGE) lands in the catch below, which deletes the partial.
-        const image = await this.#inspect?.(this.#partPath, header);
+        const image = options?.notAnImage ? undefined : await this.#inspect?.(this.#partPath, header);
         // Without a time from the sender, a photo's EXIF DateTimeOriginal is the next best.
         const taken = image?.takenAt ? Date.parse(image.takenAt) : NaN;
         const mtimeMs = this.#header.mtimeMs > 0 ? this.#header.mtimeMs : taken > 0 ? taken : 0;
         if (mtimeMs > 0) {
-          await this.#handle.utimes(new Date(), new Date(mtimeMs));
+          // futimens on the open file: a few µs, where the async call costs a thread-pool hop.
+          fss.futimesSync(this.#handle.fd, new Date(), new Date(mtimeMs));
         }
         await this.#handle.sync();
         this.#closed = true;
         await this.#handle.close();
         const receipt = await this.#commit(this.#partPath, header, image);
         this.#settled = true;
-        await rmForce(this.#sidecarPath);
+        // A file that arrived whole before its first checkpoint never had a sidecar.
+        if (this.#sidecarOnDisk) rmForceSync(this.#sidecarPath);
         this.#release();
         return receipt;
       } catch (e) {
@@ -975,6 +1250,7 @@ export class Upload {
       this.#closed = true;
       try {
         await this.#handle.datasync();
+        this.#sidecarOnDisk = true;
         await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
       } catch (e) {
         throw ioError(`keep partial "${this.#shown()}"`, e);
@@ -1008,7 +1284,7 @@ export class Upload {
     }
     try {
       await rmForce(this.#partPath);
-      await rmForce(this.#sidecarPath);
+      if (this.#sidecarOnDisk) await rmForce(this.#sidecarPath);
     } finally {
       this.#release();
     }
@@ -1017,6 +1293,7 @@ export class Upload {
   async #checkpoint(): Promise<void> {
     try {
       await this.#handle.datasync();
+      this.#sidecarOnDisk = true;
       await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
     } catch (e) {
       const err = ioError(`sync "${this.#shown()}"`, e);
@@ -1238,7 +1515,7 @@ async function tryResume(
 /** `link(2)` never replaces an existing entry; returns false on EEXIST. */
 async function linkNoClobber(from: string, to: string): Promise<boolean> {
   try {
-    await fs.link(from, to);
+    fss.linkSync(from, to); // a metadata update of a cached directory: cheaper than a thread-pool hop
     return true;
   } catch (e) {
     const code = errno(e);
@@ -1348,7 +1625,7 @@ async function dropTornTail(file: string): Promise<void> {
  * Fsyncs a directory. Group commit: callers arriving while a fsync of the same directory runs share
  * the next one (which starts after it, so it covers every entry they made before calling).
  */
-function syncDir(dir: string): Promise<void> {
+function syncDir(dir: string, fsyncNow: () => Promise<void>): Promise<void> {
   let state = dirSyncs.get(dir);
   if (!state) {
     state = { running: undefined, next: undefined };
@@ -1358,7 +1635,7 @@ function syncDir(dir: string): Promise<void> {
   if (s.next) return s.next;
   const start = (): Promise<void> => {
     s.next = undefined;
-    const p = syncDirNow(dir).finally(() => {
+    const p = fsyncNow().finally(() => {
       if (s.running === p) s.running = undefined;
       if (!s.running && !s.next && dirSyncs.get(dir) === s) dirSyncs.delete(dir);
     });
@@ -1373,18 +1650,6 @@ function syncDir(dir: string): Promise<void> {
 
 const dirSyncs = new Map<string, { running?: Promise<void>; next?: Promise<void> }>();
 
-async function syncDirNow(dir: string): Promise<void> {
-  let fh: fs.FileHandle | undefined;
-  try {
-    fh = await fs.open(dir, "r");
-    await fh.sync();
-  } catch {
-    // Some platforms (Windows) cannot open or fsync a directory; the rename/link is still atomic.
-  } finally {
-    await fh?.close().catch(() => {});
-  }
-}
-
 async function lstatOrUndefined(p: string) {
   try {
     return await fs.lstat(p);
@@ -1394,8 +1659,30 @@ async function lstatOrUndefined(p: string) {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  return (await lstatOrUndefined(p)) !== undefined;
+function openFd(p: string, flags: string | number): Promise<number> {
+  return new Promise((resolve, reject) => fss.open(p, flags, 0o666, (e, fd) => e ? reject(e) : resolve(fd)));
+}
+
+function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fss.fsync(fd, (e) => e ? reject(e) : resolve()));
+}
+
+function lstatSyncOrUndefined(p: string): fss.Stats | undefined {
+  try {
+    // No exception object for the common "not there" answer.
+    return fss.lstatSync(p, { throwIfNoEntry: false });
+  } catch (e) {
+    if (errno(e) === "ENOENT" || errno(e) === "ENOTDIR") return undefined;
+    throw e;
+  }
+}
+
+function rmForceSync(p: string): void {
+  try {
+    fss.unlinkSync(p);
+  } catch (e) {
+    if (errno(e) !== "ENOENT") throw e;
+  }
 }
 
 async function rmForce(p: string): Promise<void> {

@@ -65,6 +65,24 @@ describe("adversarial: connections", () => {
     },
   );
 
+  test("activity keeps pushing the idle timeout back; silence after it still ends the connection", {
+    timeout: 20_000,
+  }, async () => {
+    await withServer({ idleTimeoutMs: 1_000 }, async ({ port }) => {
+      const c = await RawClient.connect(port);
+      await c.handshake();
+      // Messages every 250 ms for 2.5 s: longer than the timeout in total, never idle for as long.
+      for (let id = 1; id <= 10; id++) {
+        await new Promise((r) => setTimeout(r, 250));
+        await c.send({ kind: "message", id, text: `still here ${id}` });
+        const ack = await c.next();
+        assert.equal(ack.kind, "message_ack", JSON.stringify(ack));
+      }
+      await c.expectError("IDLE_TIMEOUT");
+      await c.waitClosed();
+    });
+  });
+
   test(
     `${FLOOD} raw sockets against maxConnections ${FLOOD_ADMITTED}: the rest get SERVER_BUSY`,
     { timeout: 30_000, skip: floodSkip },

@@ -94,4 +94,40 @@ describe(`SIGKILL mid-transfer (server ${CURRENT_RUNTIME})`, () => {
     assert.equal(file?.offset, 0, "started from scratch: the partial was gone");
     assert.equal(await sha256File(join(inbox, "disk.img")), await sha256File(big));
   });
+
+  test("every receipt sent is in the kept-open receipts index after a SIGKILL and a restart", {
+    timeout: 60_000,
+  }, async () => {
+    const inbox = join(tmp.path, "inbox-receipts");
+    const src = join(tmp.path, "src-many");
+    const names = Array.from({ length: 40 }, (_, i) => `f${String(i).padStart(2, "0")}.bin`);
+    for (const n of names) await writeRandomFile(join(src, n), 3000);
+
+    const first = await startServer(CURRENT_RUNTIME, ["--dir", inbox]);
+    servers.push(first);
+    const sent = await runSender(OTHER_RUNTIME, ["--json", src], first);
+    assert.equal(sent.code, 0, sent.stdout + sent.stderr);
+    const done = jsonLines(sent.stdout).filter((e) => e.type === "done");
+    assert.equal(done.length, names.length);
+    // No graceful close: whatever the server did not fsync before each RECEIPT is lost here.
+    assert.equal(await first.stop("SIGKILL"), "SIGKILL");
+
+    const lines = (await readFile(join(inbox, ".ferry", "receipts.ndjson"), "utf8")).split("\n").filter(
+      Boolean,
+    );
+    assert.deepEqual(
+      lines.map((l) => JSON.parse(l).name).sort(),
+      names.map((n) => `src-many/${n}`),
+    );
+    // The restarted server knows them all: sending the folder again is all duplicates.
+    const second = await startServer(CURRENT_RUNTIME, ["--dir", inbox]);
+    servers.push(second);
+    const again = await runSender(CURRENT_RUNTIME, ["--json", src], second);
+    assert.equal(again.code, 0, again.stdout + again.stderr);
+    const dups = jsonLines(again.stdout).filter((e) => e.type === "done").map((e) =>
+      (e.receipt as { duplicate: boolean }).duplicate
+    );
+    assert.deepEqual(dups, names.map(() => true));
+    assert.equal(await second.stop(), 0);
+  });
 });

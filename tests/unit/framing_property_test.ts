@@ -16,7 +16,7 @@ import {
   FrameEncoderStream,
 } from "../../src/framing/mod.ts";
 import { FrameType } from "../../src/protocol/constants.ts";
-import { decodeMessage, encodeMessage, type Message, toHex } from "../../src/protocol/messages.ts";
+import { decodeMessage, encodeMessage, fromHex, type Message, toHex } from "../../src/protocol/messages.ts";
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -369,3 +369,17 @@ test(
     );
   },
 );
+
+test("hex: toHex is lowercase two digits per byte, fromHex inverts it and refuses bad digits", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 64 }), (bytes) => {
+      const hex = toHex(bytes);
+      assert.equal(hex, Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(""));
+      assert.deepEqual(fromHex(hex), bytes);
+      assert.deepEqual(fromHex(hex.toUpperCase()), bytes);
+    }),
+    { numRuns: 500 },
+  );
+  assert.deepEqual(fromHex(" 0a ff\n10 "), new Uint8Array([0x0a, 0xff, 0x10]));
+  for (const bad of ["0", "0g", "g0", "zz", "0x10", "1-"]) assert.throws(() => fromHex(bad), TypeError, bad);
+});

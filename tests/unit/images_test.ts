@@ -356,6 +356,26 @@ describe("early check of an upload's first bytes", () => {
     assert.equal(fine.done, true);
   });
 
+  test("notAnImage only when the head showed the content is not an image and the policy lets it pass", async () => {
+    const text = ascii("plain text, long enough to decide");
+    const plain = new ImageSniffer("a.txt", 1000, {});
+    assert.equal(plain.notAnImage, false);
+    await plain.push(text, 0);
+    assert.equal(plain.notAnImage, true);
+    // The full check of the same bytes agrees: nothing to learn from running it.
+    assert.equal(await inspectBytes(text, "a.txt"), undefined);
+    // A few bytes that could still grow into a signature decide nothing yet.
+    const maybe = new ImageSniffer("m.bin", 1000, {});
+    await maybe.push(new Uint8Array([0x89, 0x50]), 0);
+    assert.equal(maybe.notAnImage, false);
+    const image = new ImageSniffer("ok.png", 1000, {});
+    await image.push(png(4, 4), 0);
+    assert.equal(image.notAnImage, false);
+    const refusedHead = new ImageSniffer("a.txt", 1000, { imagesOnly: true });
+    await refused(() => refusedHead.push(text, 0), "NOT_AN_IMAGE");
+    assert.equal(refusedHead.notAnImage, false);
+  });
+
   test("a WebP whose RIFF length disagrees with the declared size is refused from its head", async () => {
     const w = webp("VP8L", 10, 10);
     await refused(() => new ImageSniffer("a.webp", w.length + 100, {}).push(w, 0), "CORRUPT_IMAGE", /RIFF/);
@@ -369,8 +389,10 @@ describe("early check of an upload's first bytes", () => {
     assert.equal(sniffer.done, false);
     await sniffer.push(j.subarray(60, 200), 60);
     assert.equal(sniffer.done, true);
+    assert.equal(sniffer.notAnImage, false, "an image, even an undecided one, is never 'not an image'");
     // A resumed upload starts past the head: nothing to look at.
     assert.equal(new ImageSniffer("r.png", 1000, {}, 500).done, true);
+    assert.equal(new ImageSniffer("r.txt", 1000, {}, 500).notAnImage, false, "not seen: no verdict");
     // Bytes not contiguous from 0: give up.
     const gap = new ImageSniffer("g.png", 1000, {});
     await gap.push(new Uint8Array([0x89]), 0);

@@ -525,6 +525,40 @@ describe("Inbox symlinks", () => {
     assert.deepEqual(await fs.readdir(outside), []);
   });
 
+  it("refuses a checked folder replaced by a symlink between two files", async () => {
+    const inbox = await open();
+    const one = text("one");
+    await send(inbox, headerFor("d/one.txt", one), one); // "d" is now a checked, cached folder
+    await fs.rename(path.join(dir, "d"), path.join(dir, "d-old"));
+    await fs.symlink(outside, path.join(dir, "d"));
+    const two = text("two");
+    // begin() may trust its cache; placement walks again and refuses.
+    await rejectsWith(send(inbox, headerFor("d/two.txt", two), two), "BAD_NAME");
+    // Deeper: the first component becomes a symlink to a tree that has the rest of the path.
+    await send(inbox, headerFor("a/b/one.txt", one), one);
+    await fs.mkdir(path.join(outside, "b"));
+    await fs.rename(path.join(dir, "a"), path.join(dir, "a-old"));
+    await fs.symlink(outside, path.join(dir, "a"));
+    await rejectsWith(send(inbox, headerFor("a/b/two.txt", two), two), "BAD_NAME");
+    assert.deepEqual(await fs.readdir(outside), ["b"]);
+    assert.deepEqual(await fs.readdir(path.join(outside, "b")), []);
+    assert.deepEqual(await partials(), []);
+    assert.deepEqual(inbox.receipts().map((r) => r.name), ["d/one.txt", "a/b/one.txt"]);
+    await inbox.close();
+  });
+
+  it("places into a folder that was replaced by a new real folder between two files", async () => {
+    const inbox = await open();
+    const one = text("one");
+    await send(inbox, headerFor("d/one.txt", one), one);
+    await fs.rename(path.join(dir, "d"), path.join(dir, "d-old"));
+    await fs.mkdir(path.join(dir, "d"));
+    const two = text("two");
+    await send(inbox, headerFor("d/two.txt", two), two);
+    assert.deepEqual(await visible(), ["d", "d-old", "d-old/one.txt", "d/two.txt"]);
+    await inbox.close();
+  });
+
   it("refuses a symlinked .ferry state directory", async () => {
     await fs.mkdir(dir);
     await fs.symlink(outside, path.join(dir, ".ferry"));
@@ -624,6 +658,135 @@ describe("Inbox resume", () => {
     const again = await expectUpload(inbox, h);
     assert.equal(again.offset, 1000);
     await again.discard();
+  });
+});
+
+describe("Inbox kept-open files", () => {
+  useTempDirs();
+
+  it("every receipt and message is on disk before finish() returns, without close()", async () => {
+    const inbox = await open();
+    const files = Array.from({ length: 20 }, (_, i) => bytesOf(1000 + i, i + 1));
+    // Concurrent finishes share group-committed appends.
+    const receipts = await Promise.all(files.map((b, i) => send(inbox, headerFor(`f${i}.bin`, b), b)));
+    await inbox.appendMessage({ text: "hello", sender: "127.0.0.1:1" });
+    const onDisk = (await fs.readFile(path.join(dir, ".ferry", "receipts.ndjson"), "utf8"))
+      .split("\n").filter(Boolean).map((l) => JSON.parse(l).name);
+    assert.deepEqual(onDisk.sort(), receipts.map((r) => r.name).sort());
+    // A second inbox on the directory (a restarted server) loads them all.
+    const again = await open();
+    assert.equal(again.receipts().length, files.length);
+    assert.deepEqual((await again.recentMessages(5)).map((m) => m.text), ["hello"]);
+    await again.close();
+    // close() releases the files; the inbox stays usable and opens them again.
+    await inbox.close();
+    const late = text("late");
+    await send(inbox, headerFor("late.txt", late), late);
+    await inbox.appendMessage({ text: "again", sender: "127.0.0.1:1" });
+    const third = await open();
+    assert.deepEqual(third.receipts().map((r) => r.name).slice(-1), ["late.txt"]);
+    assert.deepEqual((await third.recentMessages(5)).map((m) => m.text), ["hello", "again"]);
+    await inbox.close();
+    await third.close();
+  });
+
+  it("partials created ahead of need are used, then deleted by close() and, after a crash, by open()", async () => {
+    const inbox = await open();
+    const freshDir = path.join(dir, ".ferry", "fresh");
+    for (let i = 0; i < 12; i++) {
+      const b = bytesOf(500, i + 1);
+      await send(inbox, headerFor(`f${i}.bin`, b), b);
+    }
+    assert.equal(inbox.receipts().length, 12);
+    assert.deepEqual(await partials(), []);
+    await inbox.close();
+    assert.deepEqual(await fs.readdir(freshDir), []);
+    // Left behind by a process that died: removed at the next open; other names are not ours.
+    await fs.writeFile(path.join(freshDir, "0123456789abcdef0123456789abcdef.fresh"), "");
+    await fs.writeFile(path.join(freshDir, "keep.txt"), "");
+    const again = await open();
+    assert.deepEqual(await fs.readdir(freshDir), ["keep.txt"]);
+    const b = bytesOf(10);
+    await send(again, headerFor("after.bin", b), b);
+    await again.close();
+    assert.deepEqual(await fs.readdir(freshDir), ["keep.txt"]);
+  });
+
+  it("a new upload of a key whose earlier partial is not resumed replaces it", async () => {
+    const inbox = await open();
+    const bytes = bytesOf(3000);
+    // Uploads first, so that files created ahead of need are in play.
+    for (let i = 0; i < 5; i++) {
+      const b = bytesOf(100, i + 7);
+      await send(inbox, headerFor(`warm${i}.bin`, b), b);
+    }
+    const h = headerFor("again.bin", bytes, { resume: true });
+    const first = await expectUpload(inbox, h);
+    await first.write(bytes.subarray(0, 1000), 0);
+    await first.suspend(); // <key>.part and <key>.json on disk
+    assert.equal((await partials()).length, 2);
+    // Without the resume flag the upload starts over; once stored, nothing of the old one is left.
+    const up = await expectUpload(inbox, { ...h, resume: false });
+    assert.equal(up.offset, 0);
+    await up.write(bytes, 0);
+    await up.finish();
+    assert.deepEqual(await partials(), []);
+    assert.deepEqual(await read("again.bin"), Buffer.from(bytes));
+    // The same when the upload fails instead.
+    const h2 = headerFor("again2.bin", bytes, { resume: true });
+    const second = await expectUpload(inbox, h2);
+    await second.write(bytes.subarray(0, 1000), 0);
+    await second.suspend();
+    const failing = await expectUpload(inbox, { ...h2, resume: false });
+    await rejectsWith(failing.write(bytesOf(4000), 0), "SIZE_MISMATCH");
+    assert.deepEqual(await partials(), []);
+    await inbox.close();
+  });
+
+  it("a file that arrives whole before its first checkpoint leaves no sidecar behind at any point", async () => {
+    const inbox = await open({ syncEveryBytes: 1 << 20 });
+    const bytes = bytesOf(10_000);
+    const up = await expectUpload(inbox, headerFor("whole.bin", bytes, { resume: true }));
+    await up.write(bytes, 0);
+    assert.deepEqual((await partials()).filter((e) => !e.endsWith(".part")), []);
+    await up.finish();
+    assert.deepEqual(await partials(), []);
+    await inbox.close();
+  });
+
+  it("skips the inspect hook only when told the content is not an image", async () => {
+    const seen: string[] = [];
+    const inbox = await open({
+      inspect: (_temp, h) => {
+        seen.push(h.name);
+        return Promise.resolve(undefined);
+      },
+    });
+    const bytes = text("plain");
+    const a = await expectUpload(inbox, headerFor("a.txt", bytes));
+    await a.write(bytes, 0);
+    await a.finish(undefined, { notAnImage: true });
+    const b = await expectUpload(inbox, headerFor("b.txt", bytes));
+    await b.write(bytes, 0);
+    await b.finish();
+    assert.deepEqual(seen, ["b.txt"]);
+    await inbox.close();
+  });
+
+  it("a free-space reading is reused to accept, never to refuse", async () => {
+    const free = await fs.statfs(root).then((s) => Number(s.bavail) * Number(s.bsize), () => NaN);
+    if (!(free > 4 * 2 ** 30)) return; // needs a few GiB free to leave room for the floor
+    const inbox = await open({ minFreeBytes: free - 2 ** 30 });
+    const small = text("small");
+    await send(inbox, headerFor("small.txt", small), small);
+    // Within the reuse window: a declared size over the floor is refused all the same.
+    const big = headerFor("big.bin", small, { size: 2 * 2 ** 30 });
+    await rejectsWith(inbox.begin(big), "INSUFFICIENT_STORAGE");
+    // And one that fits is accepted from the same reading.
+    const fits = await inbox.begin(headerFor("fits.bin", small, { size: 2 ** 29 }));
+    assert.equal(fits.kind, "upload");
+    if (fits.kind === "upload") await fits.upload.discard();
+    await inbox.close();
   });
 });
 
