@@ -5,6 +5,12 @@ import { DEFAULT_MAX_FRAME_SIZE, type Frame, FRAME_HEADER_SIZE, type FrameParts 
 export interface FrameDecoderOptions {
   /** Largest payload accepted, in bytes. Larger length prefixes raise `FRAME_TOO_LARGE` before any allocation. */
   maxFrameSize?: number;
+  /**
+   * Called with each pushed chunk once all of its bytes have been handed out
+   * in frames (or consumed as headers). Frames taken may still be using it:
+   * the caller decides when its memory may be reused.
+   */
+  onConsumed?: (chunk: Uint8Array) => void;
 }
 
 /**
@@ -35,6 +41,7 @@ export class FrameDecoder {
   #head = 0;
   #buffered = 0;
   #header = new Uint8Array(FRAME_HEADER_SIZE);
+  #onConsumed: ((chunk: Uint8Array) => void) | undefined;
 
   constructor(options: FrameDecoderOptions = {}) {
     const max = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
@@ -42,6 +49,7 @@ export class FrameDecoder {
       throw new RangeError(`Cannot create decoder: maxFrameSize ${max} is not a u32`);
     }
     this.maxFrameSize = max;
+    this.#onConsumed = options.onConsumed;
   }
 
   /** Bytes received but not yet returned as frames. */
@@ -135,9 +143,15 @@ export class FrameDecoder {
         return;
       }
       n -= available;
-      this.#chunks.shift();
-      this.#head = 0;
+      this.#drop();
     }
+  }
+
+  /** Drops the fully consumed first chunk. */
+  #drop(): void {
+    const chunk = this.#chunks.shift()!;
+    this.#head = 0;
+    this.#onConsumed?.(chunk);
   }
 
   /** Consumes `n` buffered bytes as views, merging views of one buffer that touch. */
@@ -157,10 +171,7 @@ export class FrameDecoder {
       }
       n -= take;
       this.#head += take;
-      if (this.#head === chunk.length) {
-        this.#chunks.shift();
-        this.#head = 0;
-      }
+      if (this.#head === chunk.length) this.#drop();
     }
     return parts;
   }

@@ -52,10 +52,17 @@ export class Channel {
   onBytes?: (n: number) => void;
   /** Room for a DATA prefix that arrived split across chunks. */
   #prefix = new Uint8Array(DATA_PREFIX_SIZE);
+  /** Chunks the decoder is done with, while {@linkcode receiveParts} is the reader. */
+  #consumed: Uint8Array[] = [];
+  /** Whether chunks consumed now may be released at the next `receiveParts()`. */
+  #collect = false;
 
   constructor(conn: Connection, options: { maxFrameSize: number }) {
     this.conn = conn;
-    this.#decoder = new FrameDecoder({ maxFrameSize: options.maxFrameSize });
+    const onConsumed = conn.release && ((chunk: Uint8Array) => {
+      if (this.#collect) this.#consumed.push(chunk);
+    });
+    this.#decoder = new FrameDecoder({ maxFrameSize: options.maxFrameSize, onConsumed });
   }
 
   /**
@@ -64,6 +71,8 @@ export class Channel {
    * stream ends inside a frame.
    */
   async receive(): Promise<Message | null> {
+    // What receive() returns may be kept: its chunks are never released.
+    this.#collect = false;
     for (;;) {
       const frame = this.#decoder.next();
       if (frame) return decodeMessage(frame);
@@ -76,8 +85,19 @@ export class Channel {
    * parts ({@linkcode DataParts}) instead of one joined buffer, which costs an
    * allocation and a copy whenever a frame spans socket reads. Other
    * messages, and every error, are exactly as from `receive()`.
+   *
+   * What it returns is valid only until the next call: the caller must be
+   * done with the message, its parts and any view of them by then. That
+   * call hands the socket chunks the previous messages came from back to
+   * the transport ({@linkcode Connection.release}), which reuses or frees
+   * them at once.
    */
   async receiveParts(): Promise<Incoming | null> {
+    if (this.#consumed.length > 0) {
+      for (const chunk of this.#consumed) this.conn.release!(chunk);
+      this.#consumed.length = 0;
+    }
+    this.#collect = true;
     for (;;) {
       const frame = this.#decoder.nextParts();
       if (!frame) {
