@@ -22,7 +22,7 @@ const canTransfer = typeof (ArrayBuffer.prototype as { transfer?: unknown }).tra
 /** Bun's synchronous `Bun.gc(true)`; undefined on other runtimes. */
 const bunGc = (globalThis as { Bun?: { gc(sync: boolean): void } }).Bun?.gc;
 /** Received bytes (all connections) between two looks at the RSS. */
-const GC_CHECK_BYTES = 8 * 1024 * 1024;
+const GC_CHECK_BYTES = 16 * 1024 * 1024;
 /** RSS growth since the last collection that makes the next one. */
 const GC_GROWTH = 64 * 1024 * 1024;
 let sinceGcCheck = 0;
