@@ -1,20 +1,28 @@
 import { ProtocolError } from "../errors.ts";
-import { DEFAULT_MAX_FRAME_SIZE, type Frame, FRAME_HEADER_SIZE } from "./frame.ts";
+import { DEFAULT_MAX_FRAME_SIZE, type Frame, FRAME_HEADER_SIZE, type FrameParts } from "./frame.ts";
 
 /** Options for {@linkcode FrameDecoder}. */
 export interface FrameDecoderOptions {
   /** Largest payload accepted, in bytes. Larger length prefixes raise `FRAME_TOO_LARGE` before any allocation. */
   maxFrameSize?: number;
+  /**
+   * Called with each pushed chunk once all of its bytes have been handed out
+   * in frames (or consumed as headers). Frames taken may still be using it:
+   * the caller decides when its memory may be reused.
+   */
+  onConsumed?: (chunk: Uint8Array) => void;
 }
 
 /**
  * An incremental frame decoder: push bytes as they arrive, however TCP split
  * or glued them, and take out whole frames.
  *
- * Pending bytes are kept as a list of chunks. A frame that lies inside one
- * chunk is returned as a zero-copy `subarray`; only a frame that spans chunks
- * is joined into a new buffer, and that buffer is allocated only once the
- * whole frame has arrived, so a hostile length prefix allocates nothing.
+ * Pending bytes are kept as a list of chunks. {@linkcode nextParts} hands a
+ * whole frame out as zero-copy views of the chunks it arrived in (views of
+ * one buffer that touch are merged), so bulk payloads are never copied.
+ * {@linkcode next} returns one buffer: a `subarray` when the frame lies in
+ * one chunk, otherwise a join allocated only once the whole frame has
+ * arrived. Either way a hostile length prefix allocates nothing.
  *
  * @example Decode a stream split at awkward places
  * ```ts
@@ -33,6 +41,7 @@ export class FrameDecoder {
   #head = 0;
   #buffered = 0;
   #header = new Uint8Array(FRAME_HEADER_SIZE);
+  #onConsumed: ((chunk: Uint8Array) => void) | undefined;
 
   constructor(options: FrameDecoderOptions = {}) {
     const max = options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE;
@@ -40,6 +49,7 @@ export class FrameDecoder {
       throw new RangeError(`Cannot create decoder: maxFrameSize ${max} is not a u32`);
     }
     this.maxFrameSize = max;
+    this.#onConsumed = options.onConsumed;
   }
 
   /** Bytes received but not yet returned as frames. */
@@ -60,6 +70,19 @@ export class FrameDecoder {
    * exceeds the limit.
    */
   next(): Frame | undefined {
+    const frame = this.nextParts();
+    if (!frame) return undefined;
+    const { parts, length } = frame;
+    return { type: frame.type, payload: parts.length === 1 ? parts[0] : join(parts, length) };
+  }
+
+  /**
+   * Like {@linkcode next}, but the payload comes as the zero-copy views it
+   * arrived in, in order, and is never joined: one part when it arrived in
+   * one chunk (or in chunks that are adjacent views of one buffer), none for
+   * an empty payload. The views stay valid as long as the pushed chunks do.
+   */
+  nextParts(): FrameParts | undefined {
     if (this.#buffered < FRAME_HEADER_SIZE) return undefined;
     const header = this.#peek(FRAME_HEADER_SIZE);
     const length = ((header[0] << 24) | (header[1] << 16) | (header[2] << 8) | header[3]) >>> 0;
@@ -72,7 +95,7 @@ export class FrameDecoder {
     }
     if (this.#buffered < FRAME_HEADER_SIZE + length) return undefined;
     this.#skip(FRAME_HEADER_SIZE);
-    return { type, payload: this.#take(length) };
+    return { type, length, parts: this.#takeParts(length) };
   }
 
   /** Decodes every whole frame from `chunk` plus what was pending. */
@@ -120,40 +143,48 @@ export class FrameDecoder {
         return;
       }
       n -= available;
-      this.#chunks.shift();
-      this.#head = 0;
+      this.#drop();
     }
   }
 
-  #take(n: number): Uint8Array {
-    this.#buffered -= n;
-    const first = this.#chunks[0];
-    if (n === 0) return new Uint8Array(0);
-    const available = first.length - this.#head;
-    if (n <= available) {
-      const view = first.subarray(this.#head, this.#head + n);
-      this.#head += n;
-      if (this.#head === first.length) {
-        this.#chunks.shift();
-        this.#head = 0;
-      }
-      return view;
-    }
-    const out = new Uint8Array(n);
-    let filled = 0;
-    while (filled < n) {
-      const chunk = this.#chunks[0];
-      const take = Math.min(n - filled, chunk.length - this.#head);
-      out.set(chunk.subarray(this.#head, this.#head + take), filled);
-      filled += take;
-      this.#head += take;
-      if (this.#head === chunk.length) {
-        this.#chunks.shift();
-        this.#head = 0;
-      }
-    }
-    return out;
+  /** Drops the fully consumed first chunk. */
+  #drop(): void {
+    const chunk = this.#chunks.shift()!;
+    this.#head = 0;
+    this.#onConsumed?.(chunk);
   }
+
+  /** Consumes `n` buffered bytes as views, merging views of one buffer that touch. */
+  #takeParts(n: number): Uint8Array[] {
+    this.#buffered -= n;
+    const parts: Uint8Array[] = [];
+    while (n > 0) {
+      const chunk = this.#chunks[0];
+      const take = Math.min(n, chunk.length - this.#head);
+      let part = chunk.subarray(this.#head, this.#head + take);
+      const last = parts[parts.length - 1];
+      if (last && last.buffer === part.buffer && last.byteOffset + last.length === part.byteOffset) {
+        part = new Uint8Array(part.buffer, last.byteOffset, last.length + take);
+        parts[parts.length - 1] = part;
+      } else {
+        parts.push(part);
+      }
+      n -= take;
+      this.#head += take;
+      if (this.#head === chunk.length) this.#drop();
+    }
+    return parts;
+  }
+}
+
+function join(parts: readonly Uint8Array[], length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  let filled = 0;
+  for (const part of parts) {
+    out.set(part, filled);
+    filled += part.length;
+  }
+  return out;
 }
 
 /**

@@ -22,6 +22,16 @@ export interface Frame {
   payload: Uint8Array;
 }
 
+/** One decoded frame whose payload is left in the pieces it arrived in. */
+export interface FrameParts {
+  /** The frame type byte (0–255). */
+  type: number;
+  /** Payload length in bytes: the sum of the parts' lengths. */
+  length: number;
+  /** The payload as zero-copy views, in order; empty for an empty payload. */
+  parts: Uint8Array[];
+}
+
 /**
  * Writes the 5-byte header for a frame of `type` whose payload is
  * `payloadLength` bytes long.

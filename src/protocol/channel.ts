@@ -1,6 +1,32 @@
 import { FrameDecoder } from "../framing/decoder.ts";
+import type { FrameParts } from "../framing/frame.ts";
 import type { Connection } from "../runtime/transport.ts";
-import { decodeMessage, encodeDataHeader, encodeMessage, type Message } from "./messages.ts";
+import { DATA_PREFIX_SIZE, FrameType } from "./constants.ts";
+import {
+  type DataMessage,
+  decodeMessage,
+  encodeDataHeader,
+  encodeMessage,
+  type Message,
+} from "./messages.ts";
+
+/**
+ * A received DATA frame whose file bytes are left in the pieces they arrived
+ * in: zero-copy views of the received chunks, never joined. Usually one
+ * part; none when the frame carries no bytes.
+ */
+export interface DataParts {
+  kind: "data";
+  id: number;
+  offset: number;
+  /** The file bytes, in order. */
+  parts: Uint8Array[];
+  /** Total bytes in `parts`. */
+  length: number;
+}
+
+/** What {@linkcode Channel.receiveParts} returns: a message, with DATA as {@linkcode DataParts}. */
+export type Incoming = Exclude<Message, DataMessage> | DataParts;
 
 /**
  * Messages over a {@linkcode Connection}: decodes incoming frames, however
@@ -24,10 +50,19 @@ export class Channel {
   lastReceivedAt: number = performance.now();
   /** Called with the number of bytes each time bytes arrive. */
   onBytes?: (n: number) => void;
+  /** Room for a DATA prefix that arrived split across chunks. */
+  #prefix = new Uint8Array(DATA_PREFIX_SIZE);
+  /** Chunks the decoder is done with, while {@linkcode receiveParts} is the reader. */
+  #consumed: Uint8Array[] = [];
+  /** Whether chunks consumed now may be released at the next `receiveParts()`. */
+  #collect = false;
 
   constructor(conn: Connection, options: { maxFrameSize: number }) {
     this.conn = conn;
-    this.#decoder = new FrameDecoder({ maxFrameSize: options.maxFrameSize });
+    const onConsumed = conn.release && ((chunk: Uint8Array) => {
+      if (this.#collect) this.#consumed.push(chunk);
+    });
+    this.#decoder = new FrameDecoder({ maxFrameSize: options.maxFrameSize, onConsumed });
   }
 
   /**
@@ -36,18 +71,82 @@ export class Channel {
    * stream ends inside a frame.
    */
   async receive(): Promise<Message | null> {
+    // What receive() returns may be kept: its chunks are never released.
+    this.#collect = false;
     for (;;) {
       const frame = this.#decoder.next();
       if (frame) return decodeMessage(frame);
-      const chunk = await this.conn.read();
-      if (chunk === null) {
-        this.#decoder.end();
-        return null;
-      }
-      this.lastReceivedAt = performance.now();
-      this.onBytes?.(chunk.length);
-      this.#decoder.push(chunk);
+      if (!(await this.#fill())) return null;
     }
+  }
+
+  /**
+   * Like {@linkcode receive}, but a DATA frame's bytes come as zero-copy
+   * parts ({@linkcode DataParts}) instead of one joined buffer, which costs an
+   * allocation and a copy whenever a frame spans socket reads. Other
+   * messages, and every error, are exactly as from `receive()`.
+   *
+   * What it returns is valid only until the next call: the caller must be
+   * done with the message, its parts and any view of them by then. That
+   * call hands the socket chunks the previous messages came from back to
+   * the transport ({@linkcode Connection.release}), which reuses or frees
+   * them at once.
+   */
+  async receiveParts(): Promise<Incoming | null> {
+    if (this.#consumed.length > 0) {
+      for (const chunk of this.#consumed) this.conn.release!(chunk);
+      this.#consumed.length = 0;
+    }
+    this.#collect = true;
+    for (;;) {
+      const frame = this.#decoder.nextParts();
+      if (!frame) {
+        if (!(await this.#fill())) return null;
+        continue;
+      }
+      if (frame.type === FrameType.DATA && frame.length >= DATA_PREFIX_SIZE) return this.#dataParts(frame);
+      // A short DATA frame fails to decode here, with the error receive() would give.
+      const m = decodeMessage({ type: frame.type, payload: joinParts(frame.parts, frame.length) });
+      return m.kind === "data"
+        ? { kind: "data", id: m.id, offset: m.offset, parts: [m.bytes], length: m.bytes.length }
+        : m;
+    }
+  }
+
+  /** Reads one chunk into the decoder; false at a clean end of stream. */
+  async #fill(): Promise<boolean> {
+    const chunk = await this.conn.read();
+    if (chunk === null) {
+      this.#decoder.end();
+      return false;
+    }
+    this.lastReceivedAt = performance.now();
+    this.onBytes?.(chunk.length);
+    this.#decoder.push(chunk);
+    return true;
+  }
+
+  /** Splits the 12-byte id/offset prefix off a DATA frame and decodes it as `decodeMessage` would. */
+  #dataParts(frame: FrameParts): DataParts {
+    const parts = frame.parts;
+    let prefix: Uint8Array;
+    if (parts[0].length >= DATA_PREFIX_SIZE) {
+      prefix = parts[0].subarray(0, DATA_PREFIX_SIZE);
+      if (parts[0].length === DATA_PREFIX_SIZE) parts.shift();
+      else parts[0] = parts[0].subarray(DATA_PREFIX_SIZE);
+    } else {
+      prefix = this.#prefix;
+      let filled = 0;
+      while (filled < DATA_PREFIX_SIZE) {
+        const take = Math.min(DATA_PREFIX_SIZE - filled, parts[0].length);
+        prefix.set(parts[0].subarray(0, take), filled);
+        filled += take;
+        if (take === parts[0].length) parts.shift();
+        else parts[0] = parts[0].subarray(take);
+      }
+    }
+    const head = decodeMessage({ type: FrameType.DATA, payload: prefix }) as DataMessage;
+    return { kind: "data", id: head.id, offset: head.offset, parts, length: frame.length - DATA_PREFIX_SIZE };
   }
 
   /** Sends one message. Resolves when the transport can take more. */
@@ -59,4 +158,15 @@ export class Channel {
   sendData(id: number, offset: number, bytes: Uint8Array): Promise<void> {
     return this.conn.write([encodeDataHeader(id, offset, bytes.length), bytes]);
   }
+}
+
+function joinParts(parts: readonly Uint8Array[], length: number): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(length);
+  let filled = 0;
+  for (const part of parts) {
+    out.set(part, filled);
+    filled += part.length;
+  }
+  return out;
 }

@@ -20,6 +20,13 @@ const MIN_READ = 16 * 1024;
 const COALESCE_LIMIT = 64 * 1024;
 /** Queued but unwritten bytes above which `write()` waits until the queue is back under it. */
 const WRITE_HIGH_WATER = 1024 * 1024;
+/**
+ * Read buffers free for reuse, shared by all connections: handed back by the reader
+ * ({@linkcode Connection.release}), or kept after a small read was copied out. Shared and
+ * bounded, so idle connections hold none and many busy ones do not each keep a few.
+ */
+const spares: ArrayBuffer[] = [];
+const MAX_SPARES = 8;
 /** Pause after an accept error such as EMFILE, so the loop does not spin. */
 const ACCEPT_RETRY_MS = 50;
 
@@ -68,7 +75,6 @@ class DenoConnection implements Connection {
   bytesRead = 0;
   bytesWritten = 0;
   #conn: Deno.TcpConn;
-  #spare: Uint8Array | undefined;
   /** Current read size: grows while reads fill the buffer, shrinks when they come back nearly empty. */
   #readSize = MIN_READ;
   #readEnded = false;
@@ -97,9 +103,8 @@ class DenoConnection implements Connection {
 
   async read(): Promise<Uint8Array | null> {
     if (this.#readEnded || this.#isClosed) return null;
-    // A fresh buffer unless the last one came back: the decoder keeps views of what we return.
-    const buffer = this.#spare?.length === this.#readSize ? this.#spare : new Uint8Array(this.#readSize);
-    this.#spare = undefined;
+    // A fresh buffer unless one came back: the decoder keeps views of what we return.
+    const buffer = this.#buffer(this.#readSize);
     let n: number | null;
     try {
       n = await this.#conn.read(buffer);
@@ -108,7 +113,7 @@ class DenoConnection implements Connection {
       else throw e;
     }
     if (n === null) {
-      this.#spare = buffer;
+      this.#keep(buffer.buffer);
       this.#readEnded = true;
       this.#closeIfDone();
       return null;
@@ -118,10 +123,28 @@ class DenoConnection implements Connection {
     else if (n < buffer.length / 8) this.#readSize = Math.max(MIN_READ, this.#readSize / 4);
     if (n < buffer.length / 8) {
       // Copied out, so the buffer is reused instead of pinned by a few bytes.
-      this.#spare = buffer;
+      this.#keep(buffer.buffer);
       return buffer.slice(0, n);
     }
     return buffer.subarray(0, n);
+  }
+
+  /** Takes back a chunk `read()` returned: its buffer is ours, and reused by a later read. */
+  release(chunk: Uint8Array): void {
+    this.#keep(chunk.buffer as ArrayBuffer);
+  }
+
+  #buffer(size: number): Uint8Array<ArrayBuffer> {
+    for (let i = spares.length - 1; i >= 0; i--) {
+      if (spares[i].byteLength === size) return new Uint8Array(spares.splice(i, 1)[0]);
+    }
+    return new Uint8Array(size);
+  }
+
+  #keep(buffer: ArrayBuffer): void {
+    if (spares.includes(buffer)) return;
+    spares.push(buffer);
+    if (spares.length > MAX_SPARES) spares.shift();
   }
 
   write(parts: Uint8Array | readonly Uint8Array[]): Promise<void> {

@@ -18,6 +18,12 @@ export interface Connection {
    */
   read(): Promise<Uint8Array | null>;
   /**
+   * Optional. Hands back a chunk `read()` returned: the caller will never
+   * touch it, nor any view of it, again, so the transport may reuse or free
+   * its memory at once instead of leaving it to the garbage collector.
+   */
+  release?(chunk: Uint8Array): void;
+  /**
    * Queues bytes for sending; several parts go out in one write. Resolves when
    * the runtime can take more (its buffer is below the high-water mark).
    * Rejects if the connection failed.

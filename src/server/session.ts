@@ -6,10 +6,10 @@
  */
 import { FerryError, ProtocolError } from "../errors.ts";
 import type { Emitter } from "../events.ts";
-import { Channel } from "../protocol/channel.ts";
+import { Channel, type Incoming } from "../protocol/channel.ts";
 import { Capability, DIGEST_SIZE, FileFlag, PROTOCOL_VERSION, ReceiptFlag } from "../protocol/constants.ts";
 import { Heartbeat } from "../protocol/heartbeat.ts";
-import { fromHex, type Message, toHex } from "../protocol/messages.ts";
+import { fromHex, toHex } from "../protocol/messages.ts";
 import type { Connection } from "../runtime/transport.ts";
 import type { FileHeader, Inbox, Receipt, Upload } from "../store/inbox.ts";
 import { ImageSniffer } from "../images/inspect.ts";
@@ -179,7 +179,8 @@ export class Session {
       this.#touch(); // the idle timeout starts now
       this.#startHeartbeat();
       for (;;) {
-        const message = await this.#channel.receive();
+        // DATA bytes come as zero-copy parts of the socket reads: never joined, written with writev.
+        const message = await this.#channel.receiveParts();
         if (message === null) break;
         // After a connection-level error only the linger remains: read and drop.
         if (this.#closing) continue;
@@ -271,7 +272,7 @@ export class Session {
     }, ms);
   }
 
-  async #handle(m: Message): Promise<void> {
+  async #handle(m: Incoming): Promise<void> {
     switch (m.kind) {
       case "file": {
         this.#touch();
@@ -295,7 +296,7 @@ export class Session {
       }
       case "data":
         this.#touch();
-        return this.#onData(m.id, m.offset, m.bytes);
+        return this.#onData(m.id, m.offset, m.parts);
       case "end":
         this.#touch();
         return this.#onEnd(m.id);
@@ -398,7 +399,7 @@ export class Session {
     await this.#channel.send({ kind: "accept", id, offset: begun.upload.offset });
   }
 
-  async #onData(id: number, offset: number, bytes: Uint8Array): Promise<void> {
+  async #onData(id: number, offset: number, parts: Uint8Array[]): Promise<void> {
     if (this.#failed.has(id)) return;
     const open = this.#finishing.has(id) ? undefined : this.#uploads.get(id);
     if (!open) {
@@ -410,8 +411,10 @@ export class Session {
     }
     this.#current = open;
     try {
-      if (!open.sniffer.done) await open.sniffer.push(bytes, offset);
-      await open.upload.write(bytes, offset);
+      for (let i = 0, at = offset; i < parts.length && !open.sniffer.done; at += parts[i++].length) {
+        await open.sniffer.push(parts[i], at);
+      }
+      await open.upload.write(parts, offset);
     } catch (e) {
       this.#forget(id);
       await open.upload.discard().catch(() => {});

@@ -18,6 +18,7 @@ import * as path from "node:path";
 import { createHash, type Hash, randomBytes } from "node:crypto";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
+import { writeParts } from "../runtime/files.ts";
 
 /**
  * What happens when a file with the final name already exists: `"rename"`
@@ -1097,37 +1098,47 @@ export class Upload {
   /**
    * Writes `bytes` at `offset`, which must equal {@linkcode received}
    * (`BAD_OFFSET` otherwise; nothing is written and the upload stays usable).
+   * `bytes` may be a list of parts, written in order as one positional
+   * `writev` (e.g. a DATA payload left in the pieces it arrived in).
    * Going past the declared size discards the upload with `SIZE_MISMATCH`;
    * a full disk discards it with `DISK_FULL`. The bytes are neither copied
-   * nor kept: the caller may reuse the buffer once the promise settles.
+   * nor kept: the caller may reuse the buffers once the promise settles.
    *
    * @example
    * ```ts ignore
    * await upload.write(chunk, upload.received);
    * ```
    */
-  write(bytes: Uint8Array, offset: number): Promise<void> {
+  write(bytes: Uint8Array | readonly Uint8Array[], offset: number): Promise<void> {
     return this.#queue(async () => {
       this.#assertOpen();
-      if (!(bytes instanceof Uint8Array)) throw new FerryError("INTERNAL", "Cannot write: not a Uint8Array");
+      let length = 0;
+      if (bytes instanceof Uint8Array) length = bytes.length;
+      else if (Array.isArray(bytes) && bytes.every((b) => b instanceof Uint8Array)) {
+        for (const part of bytes) length += part.length;
+      } else throw new FerryError("INTERNAL", "Cannot write: not a Uint8Array");
       if (offset !== this.#received) {
         throw new FerryError(
           "BAD_OFFSET",
           `Cannot write "${this.#shown()}" at offset ${offset}: expected offset ${this.#received}`,
         );
       }
-      if (this.#received + bytes.length > this.size) {
+      if (this.#received + length > this.size) {
         await this.#discard();
         throw new FerryError(
           "SIZE_MISMATCH",
-          `Cannot write "${this.#shown()}": ${this.#received + bytes.length} bytes exceeds the declared ` +
+          `Cannot write "${this.#shown()}": ${this.#received + length} bytes exceeds the declared ` +
             `size ${this.size}`,
         );
       }
+      if (length === 0) return;
       // Hash while the write runs off the main thread; a failed write rolls the hash back.
       const before = this.#hash.copy();
-      const writing = writeAll(this.#handle, bytes, this.#received);
-      this.#hash.update(bytes);
+      const writing = bytes instanceof Uint8Array
+        ? writeAll(this.#handle, bytes, this.#received)
+        : writeParts(this.#handle, bytes, this.#received);
+      if (bytes instanceof Uint8Array) this.#hash.update(bytes);
+      else for (const part of bytes) this.#hash.update(part);
       try {
         await writing;
       } catch (e) {
@@ -1136,8 +1147,8 @@ export class Upload {
         if (err.code === "DISK_FULL") await this.#discard();
         throw err;
       }
-      this.#received += bytes.length;
-      this.#unsynced += bytes.length;
+      this.#received += length;
+      this.#unsynced += length;
       if (this.#unsynced >= this.#syncEveryBytes) await this.#checkpoint();
     });
   }

@@ -267,6 +267,60 @@ test(
   },
 );
 
+test(
+  "property: nextParts() under any chunking, cut and limit gives what next() gives, as views of the chunks",
+  SLOW,
+  () => {
+    const arb = framesAndCuts.chain(([frames, cuts]) => {
+      const total = encodeAll(frames).length;
+      return fc.tuple(
+        fc.constant(frames),
+        fc.constant(cuts),
+        fc.integer({ min: 0, max: total }),
+        fc.integer({ min: 0, max: 3001 }),
+      );
+    });
+    fc.assert(
+      fc.property(arb, ([frames, cuts, cutAtByte, max]) => {
+        const chunks = cutAt(encodeAll(frames).subarray(0, cutAtByte), cuts.filter((c) => c <= cutAtByte));
+        const reference = decodeChunks(chunks, max);
+        const consumed: Uint8Array[] = [];
+        const decoder = new FrameDecoder({ maxFrameSize: max, onConsumed: (c) => consumed.push(c) });
+        const got: Frame[] = [];
+        let error: string | undefined;
+        try {
+          for (const chunk of chunks) {
+            decoder.push(chunk);
+            for (let f = decoder.nextParts(); f; f = decoder.nextParts()) {
+              let length = 0;
+              for (const part of f.parts) {
+                assert.ok(part.length > 0);
+                assert.ok(chunks.some((c) => c.buffer === part.buffer), "a part is a view of a pushed chunk");
+                length += part.length;
+              }
+              assert.equal(length, f.length);
+              got.push({ type: f.type, payload: concat(f.parts) });
+            }
+          }
+          decoder.end();
+        } catch (e) {
+          if (!(e instanceof ProtocolError)) throw e;
+          error = e.code;
+        }
+        assert.deepEqual(show(got), show(reference.frames));
+        assert.equal(error, reference.error);
+        // Every chunk reported consumed was pushed, once, in order, and with no bytes left pending.
+        const pushed = chunks.filter((c) => c.length > 0);
+        assert.deepEqual(consumed, pushed.slice(0, consumed.length));
+        if (error === undefined) {
+          assert.equal(consumed.length, pushed.length, "a clean end consumed everything");
+        }
+      }),
+      { numRuns: 200 },
+    );
+  },
+);
+
 test("property: Web Streams round-trip under random re-chunking", SLOW, async () => {
   await fc.assert(
     fc.asyncProperty(framesAndCuts, async ([frames, cuts]) => {

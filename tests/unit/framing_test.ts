@@ -481,6 +481,115 @@ test("views: a frame spanning chunks is a correct, independent copy", () => {
 });
 
 // ---------------------------------------------------------------------------
+// Parts: nextParts() hands a payload out as the views it arrived in
+
+/** Drains `decoder` with nextParts(); returns the frames (parts joined for comparison) and their parts. */
+function drainParts(decoder: FrameDecoder): { frames: Frame[]; parts: Uint8Array[][] } {
+  const frames: Frame[] = [];
+  const parts: Uint8Array[][] = [];
+  for (let f = decoder.nextParts(); f; f = decoder.nextParts()) {
+    assert.equal(f.length, f.parts.reduce((n, p) => n + p.length, 0), "length is the sum of the parts");
+    for (const p of f.parts) assert.ok(p.length > 0, "no empty parts");
+    frames.push({ type: f.type, payload: concat(...f.parts) });
+    parts.push(f.parts);
+  }
+  return { frames, parts };
+}
+
+test("parts: every split of three frames gives the same frames as next()", () => {
+  const data = encodeAll([A, B, C]);
+  for (let i = 0; i <= data.length; i++) {
+    for (const j of [i, i + 1, i + 6, i + 17, data.length]) {
+      if (j > data.length) continue;
+      const decoder = new FrameDecoder();
+      for (const c of cutAt(data, [i, j])) decoder.push(c);
+      assert.deepEqual(show(drainParts(decoder).frames), show([A, B, C]), `cuts ${i}, ${j}`);
+      decoder.end();
+    }
+  }
+  const decoder = new FrameDecoder();
+  for (const c of everyByte(data)) decoder.push(c);
+  const { frames, parts } = drainParts(decoder);
+  assert.deepEqual(show(frames), show([A, B, C]));
+  assert.equal(parts[2].length, C.payload.length, "one byte per chunk: one part per byte");
+});
+
+test("parts: a frame spanning chunks comes as views of those chunks, not a copy", () => {
+  const chunks = cutAt(encodeAll([C]), [3, 100, 250]);
+  const decoder = new FrameDecoder();
+  for (const c of chunks) decoder.push(c);
+  let frame: ReturnType<FrameDecoder["nextParts"]>;
+  const { largest } = trackAllocations(() => {
+    frame = decoder.nextParts();
+  });
+  assert.ok(largest < FRAME_HEADER_SIZE + 1, `allocated ${largest} bytes for a spanning frame`);
+  assert.equal(frame!.parts.length, 3);
+  assert.deepEqual(frame!.parts.map((p) => p.buffer), chunks.slice(1).map((c) => c.buffer));
+  assert.equal(toHex(concat(...frame!.parts)), toHex(C.payload));
+  chunks[2].fill(0);
+  assert.ok(frame!.parts[1].every((b) => b === 0), "the parts alias the chunks");
+});
+
+test("parts: views of one buffer that touch are merged into one part", () => {
+  const data = encodeAll([A, C]);
+  const decoder = new FrameDecoder();
+  // Subarrays of one buffer, pushed in order: what a transport reading into one buffer hands out.
+  for (const [from, to] of [[0, 4], [4, 20], [20, 100], [100, data.length]]) {
+    decoder.push(data.subarray(from, to));
+  }
+  const { frames, parts } = drainParts(decoder);
+  assert.deepEqual(show(frames), show([A, C]));
+  assert.deepEqual(parts.map((p) => p.length), [1, 1]);
+  assert.equal(parts[1][0].buffer, data.buffer);
+  assert.equal(parts[1][0].byteOffset, lenA + FRAME_HEADER_SIZE);
+});
+
+test("parts: an empty payload has no parts; next() still gives an empty buffer", () => {
+  const decoder = new FrameDecoder();
+  decoder.push(encodeFrameHeader(0x21, 0));
+  decoder.push(encodeFrameHeader(0x21, 0));
+  assert.deepEqual(decoder.nextParts(), { type: 0x21, length: 0, parts: [] });
+  assert.equal(decoder.next()?.payload.length, 0);
+  assert.equal(decoder.nextParts(), undefined);
+});
+
+test("parts: limits on the 5 header bytes, nothing allocated, and TRUNCATED_FRAME at EOF mid-frame", () => {
+  const hostile = new FrameDecoder({ maxFrameSize: 100 });
+  hostile.push(concat(encodeFrame(A), bytes(0xff, 0xff)));
+  assert.equal(hostile.nextParts()?.length, A.payload.length);
+  assert.equal(hostile.nextParts(), undefined, "4 header bytes are not enough to judge");
+  hostile.push(bytes(0xff, 0xff, 0x12));
+  const { largest, error } = trackAllocations(() => hostile.nextParts());
+  assert.ok(error instanceof ProtocolError && error.code === "FRAME_TOO_LARGE", String(error));
+  assert.ok(largest <= FRAME_HEADER_SIZE, `allocated ${largest} bytes for a hostile length`);
+
+  const exact = new FrameDecoder({ maxFrameSize: C.payload.length });
+  exact.push(encodeFrame(C));
+  assert.equal(exact.nextParts()?.length, C.payload.length, "a frame of exactly the limit passes");
+
+  const cut = new FrameDecoder();
+  cut.push(encodeFrame(C).subarray(0, 200));
+  assert.equal(cut.nextParts(), undefined);
+  assertProtocolError(() => cut.end(), "TRUNCATED_FRAME");
+});
+
+test("parts: onConsumed gets each chunk once, in order, once all of its bytes are taken", () => {
+  const consumed: Uint8Array[] = [];
+  const decoder = new FrameDecoder({ onConsumed: (c) => consumed.push(c) });
+  const lenB = FRAME_HEADER_SIZE + B.payload.length;
+  const chunks = cutAt(encodeAll([A, B, C]), [2, lenA + 1, lenA + lenB, AB_C.length - 5]);
+  for (const c of chunks) decoder.push(c);
+  assert.equal(decoder.nextParts()?.type, A.type);
+  assert.deepEqual(consumed, [chunks[0]], "the chunk holding only A's header start is done");
+  assert.equal(decoder.nextParts()?.type, B.type);
+  assert.deepEqual(consumed, chunks.slice(0, 3), "the chunks up to B's end are done, C's are not");
+  assert.equal(decoder.next()?.type, C.type, "next() reports consumed chunks too");
+  assert.deepEqual(consumed, chunks);
+  assert.equal(new Set(consumed).size, consumed.length, "no chunk twice");
+  decoder.end();
+});
+
+// ---------------------------------------------------------------------------
 // Encoding
 
 test("encode: header layout is u32 big-endian length then type", () => {
