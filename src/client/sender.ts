@@ -6,6 +6,7 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
+import { Buffer } from "node:buffer";
 import { open } from "node:fs/promises";
 import { FerryError, ProtocolError, RemoteError } from "../errors.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../framing/frame.ts";
@@ -18,7 +19,7 @@ import {
   ReceiptFlag,
 } from "../protocol/constants.ts";
 import { Heartbeat } from "../protocol/heartbeat.ts";
-import { type Message, toHex } from "../protocol/messages.ts";
+import { DATA_HEADER_SIZE, type Message, toHex } from "../protocol/messages.ts";
 import { defaultRuntime } from "../runtime/select.ts";
 import type { Connection, Runtime, TlsClientOptions } from "../runtime/transport.ts";
 import { authMac } from "../server/auth.ts";
@@ -171,6 +172,12 @@ interface FileJob {
 
 /** Default bytes per DATA frame; files up to this size are read once into memory. */
 const DEFAULT_CHUNK = 256 * 1024;
+
+/** File bytes to send; `frame`, when present, is the same bytes with room for the DATA header in front. */
+interface Chunk {
+  payload: Uint8Array;
+  frame?: Uint8Array;
+}
 
 /** A FILE sent on one connection, waiting for its answer. */
 interface Offered {
@@ -645,19 +652,23 @@ class ClientSession {
     // DIGEST_AT_END: hash exactly the bytes sent; on a resume, first the bytes the receiver kept.
     let hash: Hash | undefined;
     // The next chunk is read while the current one is sent, so disk and socket work overlap.
-    const readAt = (at: number): Promise<Uint8Array> => {
+    const readAt = (at: number): Promise<Chunk> => {
       const length = Math.min(chunkSize, file.size - at);
-      if (data) return Promise.resolve(data.subarray(at, at + length));
-      // A fresh buffer each time: the socket may still hold the previous one.
-      const buffer = new Uint8Array(length);
-      const reading = handle!.read(buffer, 0, buffer.length, at).then(
-        ({ bytesRead }) => buffer.subarray(0, bytesRead),
+      if (data) return Promise.resolve({ payload: data.subarray(at, at + length) });
+      // A fresh buffer each time (the socket may still hold the previous one), with room for the
+      // frame header in front so the frame leaves as one buffer. Not zeroed: only bytes read are sent.
+      const frame: Uint8Array = Buffer.allocUnsafeSlow(DATA_HEADER_SIZE + length);
+      const reading = handle!.read(frame, DATA_HEADER_SIZE, length, at).then(
+        ({ bytesRead }) => ({
+          payload: frame.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + bytesRead),
+          frame: frame.subarray(0, DATA_HEADER_SIZE + bytesRead),
+        }),
         readError,
       );
       reading.catch(() => {}); // awaited in the loop; must not count as unhandled meanwhile
       return reading;
     };
-    let next: Promise<Uint8Array> | undefined;
+    let next: Promise<Chunk> | undefined;
     try {
       if (entry.digestAtEnd) {
         hash = createHash("sha256");
@@ -672,13 +683,15 @@ class ClientSession {
       let lastEmit = 0;
       // A refusal mid-file (DISK_FULL, …) marks the job done: stop sending bytes the server drops.
       while (next && !job.done) {
-        const chunk = await next;
+        const { payload: chunk, frame } = await next;
         const bytesRead = chunk.length;
         if (bytesRead === 0) {
           throw new LocalFileError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
         }
         next = position + bytesRead < file.size ? readAt(position + bytesRead) : undefined;
-        const sending = this.#channel.sendData(id, position, chunk);
+        const sending = frame
+          ? this.#channel.sendDataFrame(id, position, frame)
+          : this.#channel.sendData(id, position, chunk);
         // Hashed while the socket takes the same buffer: no copy, and the two overlap.
         hash?.update(chunk);
         await sending;

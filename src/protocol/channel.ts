@@ -3,11 +3,13 @@ import type { FrameParts } from "../framing/frame.ts";
 import type { Connection } from "../runtime/transport.ts";
 import { DATA_PREFIX_SIZE, FrameType } from "./constants.ts";
 import {
+  DATA_HEADER_SIZE,
   type DataMessage,
   decodeMessage,
   encodeDataHeader,
   encodeMessage,
   type Message,
+  writeDataHeader,
 } from "./messages.ts";
 
 /**
@@ -157,6 +159,16 @@ export class Channel {
   /** Sends a DATA frame without copying `bytes`. */
   sendData(id: number, offset: number, bytes: Uint8Array): Promise<void> {
     return this.conn.write([encodeDataHeader(id, offset, bytes.length), bytes]);
+  }
+
+  /**
+   * Sends a DATA frame built in place: `frame` is {@linkcode DATA_HEADER_SIZE} bytes of room
+   * followed by the file bytes. The header is written into that room and the frame leaves as one
+   * buffer, so no runtime has to join a header part and a payload part (Bun's writev copies both).
+   */
+  sendDataFrame(id: number, offset: number, frame: Uint8Array): Promise<void> {
+    writeDataHeader(frame, id, offset, frame.length - DATA_HEADER_SIZE);
+    return this.conn.write(frame);
   }
 }
 

@@ -341,14 +341,34 @@ export function encodeMessage(message: Message): Uint8Array {
  * ```
  */
 export function encodeDataHeader(id: number, offset: number, length: number): Uint8Array {
+  const out = new Uint8Array(DATA_HEADER_SIZE);
+  writeDataHeader(out, id, offset, length);
+  return out;
+}
+
+/** Frame header plus DATA prefix: the bytes in front of a DATA frame's file bytes. */
+export const DATA_HEADER_SIZE = FRAME_HEADER_SIZE + DATA_PREFIX_SIZE;
+
+/**
+ * Writes a DATA frame's first {@linkcode DATA_HEADER_SIZE} bytes (frame header, id, offset) into
+ * the start of `target`, for a frame carrying `length` file bytes. A sender that reads file bytes
+ * into a buffer at offset `DATA_HEADER_SIZE` can then send the whole frame as that one buffer.
+ *
+ * @example
+ * ```ts
+ * import { DATA_HEADER_SIZE, writeDataHeader } from "./messages.ts";
+ * const frame = new Uint8Array(DATA_HEADER_SIZE + 3);
+ * frame.set([1, 2, 3], DATA_HEADER_SIZE);
+ * writeDataHeader(frame, 1, 0, 3); // frame is now one whole DATA frame
+ * ```
+ */
+export function writeDataHeader(target: Uint8Array, id: number, offset: number, length: number): void {
   checkInt(id, 0xffffffff, "id");
   checkInt(offset, MAX_SAFE_U64, "offset");
-  const out = new Uint8Array(FRAME_HEADER_SIZE + DATA_PREFIX_SIZE);
-  writeFrameHeader(out, 0, FrameType.DATA, DATA_PREFIX_SIZE + length);
-  const view = new DataView(out.buffer);
+  writeFrameHeader(target, 0, FrameType.DATA, DATA_PREFIX_SIZE + length);
+  const view = new DataView(target.buffer, target.byteOffset, DATA_HEADER_SIZE);
   view.setUint32(FRAME_HEADER_SIZE, id);
   view.setBigUint64(FRAME_HEADER_SIZE + 4, BigInt(offset));
-  return out;
 }
 
 /**
