@@ -11,7 +11,7 @@ import { ProtocolError } from "../../src/errors.ts";
 import { encodeFrameHeader } from "../../src/framing/mod.ts";
 import { Channel, type Incoming } from "../../src/protocol/channel.ts";
 import { FrameType } from "../../src/protocol/constants.ts";
-import { encodeMessage, type Message, toHex } from "../../src/protocol/messages.ts";
+import { DATA_HEADER_SIZE, encodeMessage, type Message, toHex } from "../../src/protocol/messages.ts";
 import type { Connection } from "../../src/runtime/transport.ts";
 
 /** A connection that hands out the given chunks, then end of stream, and records releases. */
@@ -42,7 +42,9 @@ class FakeConnection implements Connection {
     assert.ok(!this.released.includes(chunk), "released a chunk twice");
     this.released.push(chunk);
   }
-  write(): Promise<void> {
+  writes: Array<Uint8Array | readonly Uint8Array[]> = [];
+  write(parts: Uint8Array | readonly Uint8Array[]): Promise<void> {
+    this.writes.push(parts);
     return Promise.resolve();
   }
   closeWrite(): Promise<void> {
@@ -192,4 +194,25 @@ test("receiveParts: works on a transport without release()", async () => {
   let n = 0;
   while (await channel.receiveParts()) n++;
   assert.equal(n, 5);
+});
+
+test("sendDataFrame: one buffer with the header filled in place, byte for byte the DATA frame sendData writes", async () => {
+  const conn = new FakeConnection([]);
+  const writes = conn.writes;
+  const channel = new Channel(conn, { maxFrameSize: 1 << 20 });
+  const bytes = new Uint8Array([7, 8, 9, 10, 11]);
+  // The sender's shape: room for the header, then the file bytes, inside a larger buffer.
+  const backing = new Uint8Array(64).fill(0xee);
+  const frame = backing.subarray(3, 3 + DATA_HEADER_SIZE + bytes.length);
+  frame.set(bytes, DATA_HEADER_SIZE);
+  await channel.sendDataFrame(9, 2 ** 40 + 3, frame);
+  await channel.sendData(9, 2 ** 40 + 3, bytes);
+  assert.equal(writes.length, 2);
+  assert.ok(writes[0] instanceof Uint8Array, "sendDataFrame writes a single buffer");
+  assert.equal(writes[0], frame, "the frame is written as given, not copied");
+  const expected = encodeMessage({ kind: "data", id: 9, offset: 2 ** 40 + 3, bytes });
+  assert.equal(toHex(writes[0] as Uint8Array), toHex(expected));
+  assert.equal(toHex(concat(...(writes[1] as Uint8Array[]))), toHex(expected));
+  assert.equal(backing[2], 0xee, "nothing written before the frame");
+  assert.equal(backing[3 + frame.length], 0xee, "nothing written after the frame");
 });
