@@ -1060,6 +1060,13 @@ export class Upload {
   readonly #syncEveryBytes: number;
   #received: number;
   #unsynced = 0;
+  /**
+   * The checkpoint running in the background, if any. The data path never waits for one: a
+   * checkpoint flushes what was written before it started, while later frames keep arriving.
+   */
+  #checkpointing?: Promise<void>;
+  /** Why a background checkpoint failed; the next write, finish or suspend fails with it. */
+  #checkpointError?: FerryError;
   #closed = false;
   /** Finished or discarded: nothing on disk is this upload's any more. */
   #settled = false;
@@ -1131,6 +1138,7 @@ export class Upload {
             `size ${this.size}`,
         );
       }
+      await this.#throwIfCheckpointFailed();
       if (length === 0) return;
       // Hash while the write runs off the main thread; a failed write rolls the hash back.
       const before = this.#hash.copy();
@@ -1149,7 +1157,7 @@ export class Upload {
       }
       this.#received += length;
       this.#unsynced += length;
-      if (this.#unsynced >= this.#syncEveryBytes) await this.#checkpoint();
+      if (this.#unsynced >= this.#syncEveryBytes && this.#checkpointing === undefined) this.#checkpoint();
     });
   }
 
@@ -1177,6 +1185,7 @@ export class Upload {
   finish(sha256?: string, options?: { notAnImage?: boolean }): Promise<Receipt> {
     return this.#queue(async () => {
       this.#assertOpen();
+      await this.#throwIfCheckpointFailed();
       const atEnd = this.#header.digestAtEnd === true;
       if (atEnd ? typeof sha256 !== "string" || !SHA256_HEX.test(sha256) : sha256 !== undefined) {
         await this.#discard();
@@ -1258,6 +1267,7 @@ export class Upload {
   suspend(): Promise<void> {
     return this.#queue(async () => {
       if (this.#closed) return;
+      await this.#throwIfCheckpointFailed();
       this.#closed = true;
       try {
         await this.#handle.datasync();
@@ -1289,6 +1299,8 @@ export class Upload {
     // After a finish or an earlier discard the partial's name may already belong to a new upload.
     if (this.#settled) return;
     this.#settled = true;
+    // A checkpoint still running would write its sidecar after the delete, or use a closed handle.
+    await this.#checkpointing;
     if (!this.#closed) {
       this.#closed = true;
       await this.#handle.close().catch(() => {});
@@ -1301,17 +1313,49 @@ export class Upload {
     }
   }
 
-  async #checkpoint(): Promise<void> {
-    try {
-      await this.#handle.datasync();
-      this.#sidecarOnDisk = true;
-      await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, this.#received));
-    } catch (e) {
-      const err = ioError(`sync "${this.#shown()}"`, e);
-      if (err.code === "DISK_FULL") await this.#discard();
-      throw err;
-    }
+  /**
+   * Starts a checkpoint in the background: fdatasync, then the sidecar records the bytes written
+   * before it started as durable. Awaiting it in the data path stalled the socket for two fsyncs
+   * every `syncEvery` bytes; now only `finish`, `suspend` and `discard` wait for it. One at a time.
+   */
+  #checkpoint(): void {
+    const durable = this.#received;
     this.#unsynced = 0;
+    this.#checkpointing = (async () => {
+      try {
+        await this.#handle.datasync();
+        this.#sidecarOnDisk = true;
+        await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, durable));
+      } catch (e) {
+        this.#checkpointError ??= ioError(`sync "${this.#shown()}"`, e);
+      } finally {
+        this.#checkpointing = undefined;
+      }
+    })();
+  }
+
+  /**
+   * Resolves once no checkpoint is running, so the sidecar holds the latest durable offset.
+   * Writes never wait for checkpoints; this is for callers (and tests) that want to observe one.
+   *
+   * @example
+   * ```ts ignore
+   * await upload.write(bytes, 0); // may start a checkpoint in the background
+   * await upload.checkpointed();
+   * ```
+   */
+  async checkpointed(): Promise<void> {
+    await this.#checkpointing;
+  }
+
+  /** Waits for a background checkpoint; if one failed, deletes the partial and throws its error. */
+  async #throwIfCheckpointFailed(): Promise<void> {
+    await this.#checkpointing;
+    const err = this.#checkpointError;
+    if (err === undefined) return;
+    // A failed fdatasync can lose written pages while a later one succeeds: nothing of this is kept.
+    await this.#discard();
+    throw err;
   }
 
   #assertOpen(): void {

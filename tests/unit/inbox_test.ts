@@ -613,6 +613,8 @@ describe("Inbox resume", () => {
     const bytes = bytesOf(5000);
     const up = await expectUpload(inbox, resumeHeader(bytes));
     await up.write(bytes.subarray(0, 2500), 0);
+    // The checkpoint runs in the background: the write did not wait for it.
+    await up.checkpointed();
     const [json] = (await partials()).filter((f) => f.endsWith(".json"));
     const sidecar = JSON.parse(await fs.readFile(path.join(dir, ".ferry", "partial", json), "utf8"));
     assert.equal(sidecar.durableOffset, 2500);
