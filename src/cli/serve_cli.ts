@@ -33,8 +33,8 @@ Options:
   --idle-timeout DUR          Close connections idle this long (default 5m)
   --min-free SIZE             Free disk space that must remain after a file (default 64M)
   --partial-ttl DUR           Delete unfinished partial files after this long (default 24h)
-  --sync-every SIZE           fsync a partial file at least every SIZE bytes; a crash loses at
-                              most this much of an upload, which the sender then resends (default 8M)
+  --sync-every SIZE           fsync a partial file every SIZE bytes, in the background; a crash
+                              loses at most 2 x SIZE of an upload, which the sender resends (default 8M)
   --max-message-size SIZE     Largest text message (default 64K)
   --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)

@@ -1157,7 +1157,12 @@ export class Upload {
       }
       this.#received += length;
       this.#unsynced += length;
-      if (this.#unsynced >= this.#syncEveryBytes && this.#checkpointing === undefined) this.#checkpoint();
+      if (this.#unsynced >= this.#syncEveryBytes) {
+        // One checkpoint at a time. Waiting here only when the previous one is still running (the disk
+        // is slower than the link) keeps what is not yet durable under 2 × syncEvery.
+        await this.#throwIfCheckpointFailed();
+        this.#checkpoint();
+      }
     });
   }
 
@@ -1316,7 +1321,8 @@ export class Upload {
   /**
    * Starts a checkpoint in the background: fdatasync, then the sidecar records the bytes written
    * before it started as durable. Awaiting it in the data path stalled the socket for two fsyncs
-   * every `syncEvery` bytes; now only `finish`, `suspend` and `discard` wait for it. One at a time.
+   * every `syncEvery` bytes; now the next write waits only if this one is still running when the
+   * next `syncEvery` bytes have arrived, and `finish`, `suspend` and `discard` wait for it.
    */
   #checkpoint(): void {
     const durable = this.#received;

@@ -2,7 +2,7 @@
  * Resume with real processes: `server.ts` and `send.ts --json` on both
  * runtimes, through the fault proxy. The server is SIGKILLed mid-transfer and
  * restarted on the same inbox; the sender must resume from the durable offset
- * recorded in the partial's sidecar, resending at most `--sync-every` bytes
+ * recorded in the partial's sidecar, resending at most 2 × `--sync-every` bytes
  * plus what was in flight. An abandoned partial is removed after
  * `--partial-ttl`.
  */
@@ -122,9 +122,10 @@ describe("real processes through the fault proxy", () => {
           );
           const durable: number = sidecar.durableOffset;
           assert.ok(durable > 0 && durable <= held, `durable offset ${durable}`);
+          // Checkpoints run in the background, one at a time: at most 2 × --sync-every is not durable.
           assert.ok(
-            held - durable <= SYNC_EVERY,
-            `${held - durable} bytes not durable, more than --sync-every`,
+            held - durable <= 2 * SYNC_EVERY,
+            `${held - durable} bytes not durable, more than 2 × --sync-every`,
           );
 
           // The link dies with the server; the sender retries against a dead port until the restart.
@@ -147,8 +148,8 @@ describe("real processes through the fault proxy", () => {
           assert.ok(inFlight >= 0, `in flight ${inFlight}`);
           assert.equal(resent, written - durable);
           assert.ok(
-            resent <= SYNC_EVERY + inFlight,
-            `resent ${resent} > sync ${SYNC_EVERY} + in flight ${inFlight}`,
+            resent <= 2 * SYNC_EVERY + inFlight,
+            `resent ${resent} > 2 × sync ${SYNC_EVERY} + in flight ${inFlight}`,
           );
           assert.ok(resent < size - held, `resent ${resent}: everything after the stall`);
           assert.ok((summary.reconnects as number) >= 1);
