@@ -275,7 +275,7 @@ export async function send(
 
   function fail(job: FileJob, error: FerryError): void {
     job.done = true;
-    if (job.file) job.file.data = undefined;
+    if (job.file) job.file.data = job.file.frame = undefined;
     result.failures.push({ path: job.item.path, name: job.item.name, error });
     emit({ type: "error", name: job.item.name, code: error.code, message: error.message });
   }
@@ -654,7 +654,11 @@ class ClientSession {
     // The next chunk is read while the current one is sent, so disk and socket work overlap.
     const readAt = (at: number): Promise<Chunk> => {
       const length = Math.min(chunkSize, file.size - at);
-      if (data) return Promise.resolve({ payload: data.subarray(at, at + length) });
+      if (data) {
+        // A small file read with room for the header in front leaves as that one buffer.
+        const whole = at === 0 && length === data.length ? file.frame : undefined;
+        return Promise.resolve({ payload: data.subarray(at, at + length), frame: whole });
+      }
       // A fresh buffer each time (the socket may still hold the previous one), with room for the
       // frame header in front so the frame leaves as one buffer. Not zeroed: only bytes read are sent.
       const frame: Uint8Array = Buffer.allocUnsafeSlow(DATA_HEADER_SIZE + length);
@@ -761,7 +765,7 @@ class ClientSession {
         const sha256 = toHex(m.sha256);
         entry.job.done = true;
         this.#progress.setSent(entry.job, file.size);
-        file.data = undefined;
+        file.data = file.frame = undefined;
         // Our own hash: from before the offer, or (DIGEST_AT_END) computed while streaming.
         const ours = entry.digestAtEnd ? entry.digest : file.sha256;
         if (ours === undefined || sha256 !== toHex(ours) || m.size !== file.size) {

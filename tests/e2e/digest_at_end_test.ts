@@ -277,10 +277,11 @@ describe("digest at end: resume", () => {
       assert.deepEqual(result.failures, []);
       assert.equal(result.receipts[0].sha256, src.sha256);
       assert.equal(await sha256File(join(s.inbox, "cut.bin")), src.sha256);
-      // Both offers carried the same source key with DIGEST_AT_END.
-      assert.equal(offers.length, 2);
+      // Every offer carried the same source key with DIGEST_AT_END (a reconnect that beats the server's
+      // release of the old connection gets FILE_BUSY and offers once more).
+      assert.ok(offers.length >= 2, `${offers.length} offers`);
       assert.ok(offers.every((o) => o.flags === (FileFlag.RESUME | FileFlag.DIGEST_AT_END)));
-      assert.deepEqual(offers[0].sha256, offers[1].sha256);
+      for (const o of offers) assert.deepEqual(o.sha256, offers[0].sha256);
       const offsets = events.filter((e) => e.type === "file").map((e) => (e as { offset: number }).offset);
       assert.deepEqual(offsets, [0, 32 * CHUNK]);
       const resent = result.bytesSent - SIZE;
