@@ -1,6 +1,6 @@
 import { Buffer } from "node:buffer";
 import { createHash, type Hash } from "node:crypto";
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { type FileHandle, open, readdir, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { FerryError } from "../errors.ts";
@@ -103,9 +103,11 @@ async function walk(
  * ```
  */
 export async function statFile(item: Required<SendItem>): Promise<LocalFile> {
-  const info = await stat(item.path);
+  // Synchronous: a few µs per file, where the async call is a thread-pool round trip (2,000 files
+  // are all stat'ed before the first byte is sent).
+  const info = statSync(item.path);
   if (!info.isFile()) throw new FerryError("IO_ERROR", `Cannot send ${item.path}: not a regular file`);
-  return identity(item, info);
+  return await Promise.resolve(identity(item, info));
 }
 
 function identity(
