@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { setImmediate } from "node:timers";
 import { FerryError } from "../errors.ts";
 import { nodeNetRuntime } from "./node_net.ts";
 import type { Connection, Listener, Runtime } from "./transport.ts";
@@ -18,6 +19,8 @@ const MAX_READ = 256 * 1024;
 const MIN_READ = 16 * 1024;
 /** Queued parts smaller than this are joined into one buffer (up to this size): one write op for many small frames. */
 const COALESCE_LIMIT = 64 * 1024;
+/** Longest a close() waits for the last few queued small frames to be written. */
+const CLOSE_LINGER_MS = 1_000;
 /** Queued but unwritten bytes above which `write()` waits until the queue is back under it. */
 const WRITE_HIGH_WATER = 1024 * 1024;
 /**
@@ -86,6 +89,13 @@ class DenoConnection implements Connection {
   #drainWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   #queued = 0;
   #writeError: unknown;
+  /** A flush of the queued small frames is scheduled for the end of this turn. */
+  #flushArmed = false;
+
+  readonly #flushSoon = (): void => {
+    this.#flushArmed = false;
+    if (this.#pending.length > 0 && !this.#isClosed) this.#flushing ??= this.#flush();
+  };
 
   constructor(conn: Deno.TcpConn) {
     this.#conn = conn;
@@ -162,7 +172,17 @@ class DenoConnection implements Connection {
         this.#queued += part.length;
       }
     }
-    this.#flushing ??= this.#flush();
+    if (this.#flushing === undefined) {
+      if (this.#queued >= COALESCE_LIMIT) {
+        this.#flushing = this.#flush();
+      } else if (!this.#flushArmed) {
+        // Only small frames so far (ACCEPT, RECEIPT, PONG…): wait for the end of this turn of the
+        // event loop, so the frames every I/O completion in it produces leave in one write op (one
+        // send syscall) instead of one each.
+        this.#flushArmed = true;
+        setImmediate(this.#flushSoon);
+      }
+    }
     if (this.#queued <= WRITE_HIGH_WATER) return Promise.resolve();
     return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
   }
@@ -221,6 +241,7 @@ class DenoConnection implements Connection {
   }
 
   async closeWrite(): Promise<void> {
+    if (this.#pending.length > 0 && !this.#isClosed) this.#flushing ??= this.#flush();
     while (this.#flushing) await this.#flushing;
     if (this.#isClosed || this.#writeEnded) return;
     this.#writeEnded = true;
@@ -234,15 +255,29 @@ class DenoConnection implements Connection {
 
   close(): void {
     if (this.#isClosed) return;
+    // A few small frames still queued (a RECEIPT written just before the close, waiting for the end
+    // of the turn) leave first: the socket is closed once they are written, or after CLOSE_LINGER_MS
+    // if the peer does not read. Anything larger is dropped, as a hard close does.
+    const flushFirst = this.#writeError === undefined && this.#queued > 0 && this.#queued <= COALESCE_LIMIT;
+    if (flushFirst) this.#flushing ??= this.#flush();
+    const flushing = this.#flushing;
     this.#isClosed = true;
     const error = new FerryError("IO_ERROR", "Cannot write: connection closed");
     for (const w of this.#drainWaiters.splice(0)) w.reject(error);
-    try {
-      this.#conn.close();
-    } catch {
-      // Already closed.
-    }
-    this.#resolveClosed();
+    const closeNow = () => {
+      try {
+        this.#conn.close();
+      } catch {
+        // Already closed.
+      }
+      this.#resolveClosed();
+    };
+    if (!flushFirst || flushing === undefined) return closeNow();
+    const timer = setTimeout(closeNow, CLOSE_LINGER_MS);
+    flushing.finally(() => {
+      clearTimeout(timer);
+      closeNow();
+    });
   }
 
   /** Both directions finished: release the socket, as node does with allowHalfOpen. */

@@ -195,6 +195,45 @@ for (const [name, rt] of ADAPTERS) {
     });
 
     test(
+      "small frames written just before close() reach the peer, in order",
+      { timeout: 10_000 },
+      async () => {
+        const { listener, next } = await listen(rt);
+        try {
+          const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+          const server = await next();
+          // Small writes are joined and sent at the end of the turn; a large one, or close(), sends
+          // what is queued first.
+          const expected: number[] = [];
+          const small = (i: number) => {
+            const b = pattern(21, i);
+            expected.push(...b);
+            return server.write(b);
+          };
+          await small(0);
+          await small(1);
+          const big = pattern(200_000, 2);
+          const writes = [small(3)];
+          for (const b of big) expected.push(b);
+          writes.push(server.write(big), small(4));
+          expected.push(...pattern(5, 5), ...pattern(7, 6));
+          writes.push(server.write([pattern(5, 5), pattern(7, 6)]));
+          await Promise.all(writes);
+          assert.deepEqual(await readExactly(client, expected.length), new Uint8Array(expected));
+          expected.length = 0;
+          await small(7);
+          await small(8);
+          server.close();
+          assert.deepEqual(await readAll(client), new Uint8Array(expected));
+          await assert.rejects(server.write(new Uint8Array([1])), (e) => e instanceof FerryError);
+          client.close();
+        } finally {
+          await listener.close();
+        }
+      },
+    );
+
+    test(
       "closeWrite ends the peer's reads; the peer can still answer (half-open)",
       { timeout: 10_000 },
       async () => {
