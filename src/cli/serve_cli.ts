@@ -43,6 +43,9 @@ Options:
   --token-file FILE           Require clients to prove this shared token (or set FERRY_TOKEN)
   --max-auth-failures N       Failed auth attempts per address per minute before RATE_LIMITED (default 5)
   --tls-cert FILE --tls-key FILE   Serve TLS with this certificate and key (PEM)
+  --hash-first                Do not let senders stream a file before hashing it (no DIGEST_AT_END):
+                              a file already stored is then skipped before any byte moves, at the
+                              cost of a read pass per file on the sender
   --images-only               Accept only images (JPEG, PNG, GIF, WebP, AVIF, HEIC), checked by content
   --max-pixels N              Refuse images declaring more pixels, before their body is stored;
                               0 = no limit (default 100000000)
@@ -93,6 +96,7 @@ export async function parseServeArgs(
       grace: { type: "string" },
       "token-file": { type: "string" },
       "images-only": { type: "boolean", default: false },
+      "hash-first": { type: "boolean", default: false },
       "max-pixels": { type: "string" },
       http: { type: "string" },
       "http-host": { type: "string" },
@@ -168,6 +172,7 @@ export async function parseServeArgs(
   }
   o.token = await loadToken(values["token-file"]);
   if (values["images-only"]) o.imagesOnly = true;
+  if (values["hash-first"]) o.hashFirst = true;
   if (size("max-pixels")) o.maxPixels = parseCount(size("max-pixels")!, "--max-pixels");
   const httpOnly = ["http-host", "http-token-file", "http-history", "http-max-clients"].filter((f) =>
     size(f)

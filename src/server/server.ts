@@ -66,6 +66,12 @@ export interface ServerOptions {
   syncEveryBytes?: number;
   /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
   runtime?: Runtime;
+  /**
+   * Do not announce DIGEST_AT_END: senders then hash each file before sending it and declare the
+   * SHA-256 in its FILE, so a file the inbox already has is recognised before any byte moves (a read
+   * pass per file for the sender). Default false: large files may be streamed with their hash at the end.
+   */
+  hashFirst?: boolean;
   /** Refuse files whose content is not an image (`NOT_AN_IMAGE`, or `TYPE_MISMATCH` if named as one). Default false. */
   imagesOnly?: boolean;
   /** Refuse images that declare more pixels, from their header, before the body is stored. Default 100 000 000; 0 = no limit. */
@@ -132,6 +138,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
     graceMs: options.graceMs ?? 10_000,
     syncEveryBytes: options.syncEveryBytes ?? 8 * 1024 * 1024,
     imagesOnly: options.imagesOnly ?? false,
+    hashFirst: options.hashFirst ?? false,
     maxPixels: options.maxPixels ?? DEFAULT_MAX_PIXELS,
   };
   if (typeof o.dir !== "string" || o.dir === "") throw new TypeError("Cannot serve: dir is required");

@@ -230,7 +230,7 @@ export class Session {
       kind: "welcome",
       version: PROTOCOL_VERSION,
       capabilities: Capability.RESUME | Capability.MESSAGES | Capability.HEARTBEAT |
-        Capability.DIGEST_AT_END | (this.#auth ? Capability.AUTH : 0),
+        (this.#o.hashFirst ? 0 : Capability.DIGEST_AT_END) | (this.#auth ? Capability.AUTH : 0),
       maxFrameSize: this.#o.maxFrameSize,
       nonce,
     });
@@ -272,15 +272,20 @@ export class Session {
     }, ms);
   }
 
+  /** Both sides announced DIGEST_AT_END (the server does not with `hashFirst`). */
+  #digestAtEndAgreed(): boolean {
+    return !this.#o.hashFirst && (this.#clientCapabilities & Capability.DIGEST_AT_END) !== 0;
+  }
+
   async #handle(m: Incoming): Promise<void> {
     switch (m.kind) {
       case "file": {
         this.#touch();
         const digestAtEnd = (m.flags & FileFlag.DIGEST_AT_END) !== 0;
-        if (digestAtEnd && !(this.#clientCapabilities & Capability.DIGEST_AT_END)) {
+        if (digestAtEnd && !this.#digestAtEndAgreed()) {
           throw new ProtocolError(
             "BAD_HEADER",
-            `FILE id ${m.id} has the DIGEST_AT_END flag, but HELLO did not announce the DIGEST_AT_END capability`,
+            `FILE id ${m.id} has the DIGEST_AT_END flag, but HELLO and WELCOME did not both announce DIGEST_AT_END`,
           );
         }
         return this.#onFile(m.id, {
@@ -301,11 +306,11 @@ export class Session {
         this.#touch();
         return this.#onEnd(m.id);
       case "end_digest":
-        if (!(this.#clientCapabilities & Capability.DIGEST_AT_END)) {
+        if (!this.#digestAtEndAgreed()) {
           await this.#discardOpen(m.id);
           throw new ProtocolError(
             "UNEXPECTED_FRAME",
-            "END_DIGEST from a client that did not announce the DIGEST_AT_END capability",
+            "END_DIGEST, but HELLO and WELCOME did not both announce DIGEST_AT_END",
           );
         }
         this.#touch();

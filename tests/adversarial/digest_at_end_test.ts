@@ -147,6 +147,25 @@ describe("adversarial: digest at end", () => {
     });
   }
 
+  test(
+    "a server with hashFirst does not announce DIGEST_AT_END and refuses the flag: BAD_HEADER",
+    T,
+    async () => {
+      await withServer({ hashFirst: true }, async ({ port, dir }) => {
+        const { c, serverCaps } = await connect(port);
+        assert.equal(serverCaps & Capability.DIGEST_AT_END, 0);
+        assert.notEqual(serverCaps & Capability.RESUME, 0);
+        const bytes = enc.encode("streamed before hashing\n");
+        await c.send(
+          fileHeader(1, "mixed.txt", bytes, { flags: FileFlag.RESUME | FileFlag.DIGEST_AT_END, sha256: KEY }),
+        );
+        await c.expectError("BAD_HEADER", 0);
+        await c.waitClosed();
+        assert.deepEqual(await partialFiles(dir), []);
+      }, { forbidden: ["mixed.txt"] });
+    },
+  );
+
   test("END_DIGEST of the wrong length is BAD_FRAME", T, async () => {
     await withServer({}, async ({ port, dir }) => {
       const { c } = await connect(port);

@@ -43,10 +43,16 @@ interface Stack {
   close(): Promise<void>;
 }
 
-async function stack(plans: FaultPlan[] = []): Promise<Stack> {
+async function stack(plans: FaultPlan[] = [], serverOptions: { hashFirst?: boolean } = {}): Promise<Stack> {
   const dir = join(root.path, `case-${++caseNo}`);
   const inbox = join(dir, "inbox");
-  const server = await serve({ dir: inbox, port: 0, hostname: "127.0.0.1", minFreeBytes: 0 });
+  const server = await serve({
+    dir: inbox,
+    port: 0,
+    hostname: "127.0.0.1",
+    minFreeBytes: 0,
+    ...serverOptions,
+  });
   const proxy = await FaultProxy.start({ port: server.port }, { plans });
   return {
     dir,
@@ -173,6 +179,29 @@ describe("digest at end: transfers", () => {
         assert.deepEqual(flagsOf(offers, "big.bin"), [FileFlag.RESUME]);
         assert.equal(Buffer.from(offers[0].sha256).toString("hex"), big.sha256);
         assert.equal(await sha256File(join(s.inbox, "big.bin")), big.sha256);
+      } finally {
+        await s.close();
+      }
+    },
+  );
+
+  test(
+    "a server with hashFirst does not announce DIGEST_AT_END: the sender hashes first, a re-send moves no byte",
+    { timeout: 20_000 },
+    async () => {
+      const s = await stack([], { hashFirst: true });
+      try {
+        const big = await makeFile(s.dir, "big.bin", 10 * CHUNK);
+        const first = await sendTo(s.proxy.address, [big.path]);
+        assert.deepEqual(first.result.failures, []);
+        assert.deepEqual(flagsOf(first.offers, "big.bin"), [FileFlag.RESUME]);
+        assert.equal(Buffer.from(first.offers[0].sha256).toString("hex"), big.sha256);
+        assert.equal(first.result.bytesSent, 10 * CHUNK);
+        const again = await sendTo(s.proxy.address, [big.path]);
+        assert.deepEqual(again.result.failures, []);
+        assert.equal(again.result.receipts[0].duplicate, true);
+        assert.equal(again.result.bytesSent, 0, "the duplicate was recognised before any byte moved");
+        assert.deepEqual((await readdir(s.inbox)).filter((n) => n !== ".ferry"), ["big.bin"]);
       } finally {
         await s.close();
       }
