@@ -1,6 +1,6 @@
 import { Buffer } from "node:buffer";
 import { createHash, type Hash } from "node:crypto";
-import { closeSync, fstatSync, openSync, readSync, statSync } from "node:fs";
+import { closeSync, constants as fsConstants, fstatSync, openSync, readSync, statSync } from "node:fs";
 import { type FileHandle, open, readdir, stat } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import { FerryError } from "../errors.ts";
@@ -135,37 +135,44 @@ function identity(
  * file.data!.length === file.size; // true
  * ```
  */
-export function readWholeFile(item: Required<SendItem>): Promise<LocalFile> {
+export function readWholeFile(item: Required<SendItem>, maxSize = Infinity): Promise<LocalFile> {
   // Synchronous calls: for a file of at most a chunk they take microseconds, where each async call
   // costs a thread-pool round trip (open, fstat, read, close: most of the sender's time per small file).
   try {
-    const fd = openSync(item.path, "r");
+    // O_NONBLOCK: a path swapped for a FIFO since the stat must not block the event loop at open.
+    const fd = openSync(item.path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
+    let info;
     try {
-      const info = fstatSync(fd);
-      // Room for the DATA frame header in front (the file leaves as one buffer), and one byte more
-      // than the size: a file that grew since the stat is noticed. Not zeroed: only bytes read are used.
-      const buffer: Uint8Array = Buffer.allocUnsafeSlow(DATA_HEADER_SIZE + info.size + 1);
-      let got = 0;
-      for (;;) {
-        const at = DATA_HEADER_SIZE + got;
-        const bytesRead = readSync(fd, buffer, at, buffer.length - at, got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-        if (got === info.size + 1) break;
+      info = fstatSync(fd);
+      if (!info.isFile()) throw new FerryError("IO_ERROR", `Cannot send ${item.path}: not a regular file`);
+      if (info.size <= maxSize) {
+        // Room for the DATA frame header in front (the file leaves as one buffer), and one byte more
+        // than the size: a file that grew since the stat is noticed. Not zeroed: only bytes read are used.
+        const buffer: Uint8Array = Buffer.allocUnsafeSlow(DATA_HEADER_SIZE + info.size + 1);
+        let got = 0;
+        for (;;) {
+          const at = DATA_HEADER_SIZE + got;
+          const bytesRead = readSync(fd, buffer, at, buffer.length - at, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+          if (got === info.size + 1) break;
+        }
+        if (got !== info.size) {
+          throw new FerryError("IO_ERROR", `Cannot send ${item.path}: it changed while being read`);
+        }
+        const data = buffer.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + got);
+        return Promise.resolve({
+          ...identity(item, info),
+          data,
+          frame: buffer.subarray(0, DATA_HEADER_SIZE + got),
+          sha256: new Uint8Array(createHash("sha256").update(data).digest()),
+        });
       }
-      if (got !== info.size) {
-        throw new FerryError("IO_ERROR", `Cannot send ${item.path}: it changed while being read`);
-      }
-      const data = buffer.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + got);
-      return Promise.resolve({
-        ...identity(item, info),
-        data,
-        frame: buffer.subarray(0, DATA_HEADER_SIZE + got),
-        sha256: new Uint8Array(createHash("sha256").update(data).digest()),
-      });
     } finally {
       closeSync(fd);
     }
+    // It grew past the limit since it was stat'ed: hashed in a pass like any large file, not read whole.
+    return describeFile(item);
   } catch (e) {
     return Promise.reject(e);
   }

@@ -625,7 +625,7 @@ class ClientSession {
     if (file.sha256 === undefined) {
       // A small file is read now, once; a large one for a server without DIGEST_AT_END gets a hash pass.
       file = job.file = file.size <= smallFileLimit(this.#o)
-        ? await readWholeFile(job.item)
+        ? await readWholeFile(job.item, smallFileLimit(this.#o))
         : await describeFile(job.item);
     }
     return file.sha256!;
@@ -655,8 +655,10 @@ class ClientSession {
     const readAt = (at: number): Promise<Chunk> => {
       const length = Math.min(chunkSize, file.size - at);
       if (data) {
-        // A small file read with room for the header in front leaves as that one buffer.
+        // A small file read with room for the header in front leaves as that one buffer, once: the
+        // header is written in place, and after a reconnect the old socket may still hold the buffer.
         const whole = at === 0 && length === data.length ? file.frame : undefined;
+        file.frame = undefined;
         return Promise.resolve({ payload: data.subarray(at, at + length), frame: whole });
       }
       // A fresh buffer each time (the socket may still hold the previous one), with room for the

@@ -71,13 +71,22 @@ export class Channel {
    * The next message, or `null` at a clean end of stream (between frames).
    * Throws `ProtocolError` for malformed input, `TRUNCATED_FRAME` when the
    * stream ends inside a frame.
+   *
+   * What it returns may be kept, with one exception: a DATA message's
+   * `bytes` may share a socket chunk that a later {@linkcode receiveParts}
+   * call hands back to the transport, so on a channel that mixes the two
+   * they are valid until that call. Other messages are decoded from a copy.
    */
   async receive(): Promise<Message | null> {
-    // What receive() returns may be kept: its chunks are never released.
     this.#collect = false;
     for (;;) {
       const frame = this.#decoder.next();
-      if (frame) return decodeMessage(frame);
+      if (frame) {
+        // Control frames are small: a copy keeps their byte fields (a FILE's hash, an AUTH mac)
+        // valid even when the chunk they came from is released by a later receiveParts().
+        if (frame.type === FrameType.DATA) return decodeMessage(frame);
+        return decodeMessage({ type: frame.type, payload: frame.payload.slice() });
+      }
       if (!(await this.#fill())) return null;
     }
   }

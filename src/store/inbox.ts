@@ -526,7 +526,10 @@ export class Inbox {
         ? path.join(this.dir, relDir)
         : this.#safeParent(h.name, false)?.path;
       if (this.#opts.onCollision === "reject" && parent !== undefined) {
-        if (lstatSyncOrUndefined(path.join(parent, path.basename(h.name)))) {
+        // With the digest at the end, an identical re-send must still get DUPLICATE from finish(): only
+        // a stored file of another size is certain not to be one.
+        const maybeDuplicate = h.digestAtEnd === true && this.#storedWithSize(h.name, h.size);
+        if (!maybeDuplicate && lstatSyncOrUndefined(path.join(parent, path.basename(h.name)))) {
           throw new FerryError("NAME_EXISTS", `Cannot accept "${shownName}": a file with that name exists`);
         }
       }
@@ -542,6 +545,9 @@ export class Inbox {
           ({ handle, hash, offset } = resumed);
         }
       }
+      // A sidecar left from an earlier partial that is not resumed must not outlive it: after a crash it
+      // would claim bytes of the new partial durable before any were fsynced.
+      if (sidecarOnDisk && offset === 0) fss.rmSync(sidecarPath, { force: true });
       await this.#checkFreeSpace(h.size - offset, shownName);
       // Creating the inode is the expensive part (hundreds of µs of kernel time): a partial created
       // ahead of need is renamed into place; without one, the creation runs off the main thread.
@@ -553,7 +559,7 @@ export class Inbox {
         offset,
         partPath,
         sidecarPath,
-        sidecarOnDisk: sidecarOnDisk || offset > 0,
+        sidecarOnDisk: offset > 0,
         release: () => busyKeys.delete(lock),
         commit: (temp, header, image) => this.#commit(temp, header, image),
         findDuplicate: (name, sha256) => Promise.resolve(this.#findDuplicate(name, sha256)),
@@ -633,6 +639,12 @@ export class Inbox {
     }
     this.#index(receipt);
     return { ...receipt };
+  }
+
+  /** A receipt for `name` (requested or stored) that is current and has this size. */
+  #storedWithSize(name: string, size: number): boolean {
+    const candidates = [...(this.#byRequested.get(name) ?? []), this.#byStored.get(name)];
+    return candidates.some((r) => r !== undefined && r.size === size && this.#byStored.get(r.name) === r);
   }
 
   #findDuplicate(name: string, sha256: string): Receipt | undefined {
@@ -1138,7 +1150,7 @@ export class Upload {
             `size ${this.size}`,
         );
       }
-      await this.#throwIfCheckpointFailed();
+      if (this.#checkpointError !== undefined) await this.#throwIfCheckpointFailed();
       if (length === 0) return;
       // Hash while the write runs off the main thread; a failed write rolls the hash back.
       const before = this.#hash.copy();

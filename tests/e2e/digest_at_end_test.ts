@@ -43,7 +43,10 @@ interface Stack {
   close(): Promise<void>;
 }
 
-async function stack(plans: FaultPlan[] = [], serverOptions: { hashFirst?: boolean } = {}): Promise<Stack> {
+async function stack(
+  plans: FaultPlan[] = [],
+  serverOptions: { hashFirst?: boolean; onCollision?: "reject" } = {},
+): Promise<Stack> {
   const dir = join(root.path, `case-${++caseNo}`);
   const inbox = join(dir, "inbox");
   const server = await serve({
@@ -202,6 +205,32 @@ describe("digest at end: transfers", () => {
         assert.equal(again.result.receipts[0].duplicate, true);
         assert.equal(again.result.bytesSent, 0, "the duplicate was recognised before any byte moved");
         assert.deepEqual((await readdir(s.inbox)).filter((n) => n !== ".ferry"), ["big.bin"]);
+      } finally {
+        await s.close();
+      }
+    },
+  );
+
+  test(
+    "with --on-collision reject, an identical re-send is DUPLICATE; another size is NAME_EXISTS before any byte",
+    { timeout: 20_000 },
+    async () => {
+      const s = await stack([], { onCollision: "reject" });
+      try {
+        const big = await makeFile(s.dir, "big.bin", 10 * CHUNK);
+        assert.deepEqual((await sendTo(s.proxy.address, [big.path])).result.failures, []);
+        const again = await sendTo(s.proxy.address, [big.path]);
+        assert.deepEqual(again.result.failures.map((f) => f.error.code), []);
+        assert.equal(again.result.receipts[0].duplicate, true);
+        assert.deepEqual(flagsOf(again.offers, "big.bin"), [FileFlag.RESUME | FileFlag.DIGEST_AT_END]);
+        // Same name, another size: it cannot be the same file, so it is refused before its bytes.
+        const other = join(s.dir, "other");
+        await mkdir(other, { recursive: true });
+        const bigger = await makeFile(other, "big.bin", 11 * CHUNK);
+        const refused = await sendTo(s.proxy.address, [bigger.path]);
+        assert.deepEqual(refused.result.failures.map((f) => f.error.code), ["NAME_EXISTS"]);
+        assert.equal(refused.result.bytesSent, 0);
+        assert.equal(await sha256File(join(s.inbox, "big.bin")), big.sha256);
       } finally {
         await s.close();
       }
