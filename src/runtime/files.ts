@@ -14,6 +14,8 @@
  *
  * @module
  */
+import * as fs from "node:fs";
+import * as fsp from "node:fs/promises";
 import type { FileHandle } from "node:fs/promises";
 import { FerryError } from "../errors.ts";
 
@@ -55,5 +57,117 @@ export async function writeParts(
     while (i < rest.length && skip >= rest[i].length) skip -= rest[i++].length;
     rest = rest.slice(i);
     if (skip > 0) rest[0] = rest[0].subarray(skip);
+  }
+}
+
+/**
+ * A partial file being received: positional writes, fsync, fdatasync, close. On Bun a `FileHandle`;
+ * on Deno a raw descriptor, because Deno's node:fs `FileHandle` duplicates and closes the
+ * descriptor around calls (an `fcntl` and a `close` each) and every call is a thread-pool hop.
+ */
+export interface PartialFile {
+  /** The descriptor, for synchronous calls such as `futimesSync`. */
+  readonly fd: number;
+  /** Writes `bytes` (a buffer, or parts one after another) at `position`. */
+  write(bytes: Uint8Array | readonly Uint8Array[], position: number): Promise<void>;
+  /** fsync(2). */
+  sync(): Promise<void>;
+  /** fdatasync(2). */
+  datasync(): Promise<void>;
+  /** Closes the file; later calls do nothing. */
+  close(): Promise<void>;
+}
+
+/**
+ * On Deno, writes up to this many bytes run synchronously: a 64 KiB pwrite into the page cache
+ * takes about 20 µs, less than the main thread spends handing it to the thread pool. Larger
+ * writes stay asynchronous, overlapping the hashing of the same bytes.
+ */
+const SYNC_WRITE_MAX = 128 * 1024;
+
+/** Opens a partial file (`"w+"`, `"wx+"` or `"r+"`) the cheapest way for this runtime. */
+export async function openPartial(file: string, flags: "w+" | "wx+" | "r+"): Promise<PartialFile> {
+  if (onBun) return handlePartial(await fsp.open(file, flags));
+  const fd = await new Promise<number>((resolve, reject) =>
+    fs.open(file, flags, 0o666, (e, fd) => e ? reject(e) : resolve(fd))
+  );
+  return new FdPartial(fd);
+}
+
+/** Wraps an open `FileHandle` as a {@linkcode PartialFile}. */
+export function handlePartial(fh: FileHandle): PartialFile {
+  return {
+    fd: fh.fd,
+    write: (bytes, position) =>
+      bytes instanceof Uint8Array ? writeAll(fh, bytes, position) : writeParts(fh, bytes, position),
+    sync: () => fh.sync(),
+    datasync: () => fh.datasync(),
+    close: () => fh.close(),
+  };
+}
+
+/** A partial file on a raw descriptor (Deno). */
+class FdPartial implements PartialFile {
+  #fd: number;
+  #closed = false;
+  constructor(fd: number) {
+    this.#fd = fd;
+  }
+  get fd(): number {
+    return this.#fd;
+  }
+  async write(bytes: Uint8Array | readonly Uint8Array[], position: number): Promise<void> {
+    const parts = bytes instanceof Uint8Array ? [bytes] : bytes;
+    let length = 0;
+    for (const part of parts) length += part.length;
+    if (length <= SYNC_WRITE_MAX) {
+      for (const part of parts) {
+        for (let done = 0; done < part.length;) {
+          const n = fs.writeSync(this.#fd, part, done, part.length - done, position + done);
+          if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+          done += n;
+        }
+        position += part.length;
+      }
+      return;
+    }
+    const writes: Promise<void>[] = [];
+    for (const part of parts) {
+      writes.push(this.#writeAll(part, position));
+      position += part.length;
+    }
+    await Promise.all(writes);
+  }
+  async #writeAll(bytes: Uint8Array, position: number): Promise<void> {
+    for (let done = 0; done < bytes.length;) {
+      const n = await new Promise<number>((resolve, reject) =>
+        fs.write(
+          this.#fd,
+          bytes,
+          done,
+          bytes.length - done,
+          position + done,
+          (e, n) => e ? reject(e) : resolve(n),
+        )
+      );
+      if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+      done += n;
+    }
+  }
+  sync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fsync(this.#fd, (e) => e ? reject(e) : resolve()));
+  }
+  datasync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.#fd, (e) => e ? reject(e) : resolve()));
+  }
+  close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#closed = true;
+    try {
+      fs.closeSync(this.#fd);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 }

@@ -18,7 +18,7 @@ import * as path from "node:path";
 import { createHash, type Hash, randomBytes } from "node:crypto";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
-import { writeParts } from "../runtime/files.ts";
+import { handlePartial, openPartial, type PartialFile } from "../runtime/files.ts";
 
 /**
  * What happens when a file with the final name already exists: `"rename"`
@@ -300,7 +300,7 @@ export class Inbox {
    */
   #fds = new Set<number>();
   /** Empty partials created ahead of need (see {@linkcode FRESH_MAX}). */
-  #fresh: Array<{ path: string; handle: fs.FileHandle }> = [];
+  #fresh: Array<{ path: string; handle: PartialFile }> = [];
   /** Creations of fresh partials in flight. */
   #freshFills = new Set<Promise<void>>();
   #freshTimer?: ReturnType<typeof setTimeout>;
@@ -508,7 +508,7 @@ export class Inbox {
       throw new FerryError("FILE_BUSY", `Cannot accept "${shownName}": the same file is being received now`);
     }
     busyKeys.add(lock);
-    let handle: fs.FileHandle | undefined;
+    let handle: PartialFile | undefined;
     try {
       // With a digest at the end, the hash is not known yet: duplicates are found by finish().
       const dup = h.digestAtEnd ? undefined : this.#findDuplicate(h.name, h.sha256);
@@ -545,7 +545,7 @@ export class Inbox {
       await this.#checkFreeSpace(h.size - offset, shownName);
       // Creating the inode is the expensive part (hundreds of µs of kernel time): a partial created
       // ahead of need is renamed into place; without one, the creation runs off the main thread.
-      handle ??= this.#takeFresh(partPath) ?? await fs.open(partPath, "w+");
+      handle ??= this.#takeFresh(partPath) ?? await openPartial(partPath, "w+");
       const upload = new Upload({
         header: h,
         handle,
@@ -806,7 +806,7 @@ export class Inbox {
    * An empty partial created ahead of need, renamed to `partPath` (replacing what is there, as
    * opening it with truncation would), or undefined if none is ready. Tops the pool up either way.
    */
-  #takeFresh(partPath: string): fs.FileHandle | undefined {
+  #takeFresh(partPath: string): PartialFile | undefined {
     const fresh = this.#fresh.pop();
     this.#fillFresh();
     if (!fresh) return undefined;
@@ -825,7 +825,7 @@ export class Inbox {
   #fillFresh(): void {
     for (let i = 0; i < 2 && this.#fresh.length + this.#freshFills.size < FRESH_MAX; i++) {
       const file = path.join(this.#freshDir, randomBytes(16).toString("hex") + ".fresh");
-      const fill: Promise<void> = fs.open(file, "wx+").then(
+      const fill: Promise<void> = openPartial(file, "wx+").then(
         (handle) => {
           this.#fresh.push({ path: file, handle });
         },
@@ -999,7 +999,7 @@ function deferredVoid(): { promise: Promise<void>; resolve: () => void; reject: 
 /** Internal construction parameters of an {@linkcode Upload}. */
 interface UploadInit {
   header: FileHeader;
-  handle: fs.FileHandle;
+  handle: PartialFile;
   hash: Hash;
   offset: number;
   partPath: string;
@@ -1051,7 +1051,7 @@ export class Upload {
   readonly #findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
   readonly #inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   readonly #header: FileHeader;
-  readonly #handle: fs.FileHandle;
+  readonly #handle: PartialFile;
   #hash: Hash;
   readonly #partPath: string;
   readonly #sidecarPath: string;
@@ -1142,9 +1142,7 @@ export class Upload {
       if (length === 0) return;
       // Hash while the write runs off the main thread; a failed write rolls the hash back.
       const before = this.#hash.copy();
-      const writing = bytes instanceof Uint8Array
-        ? writeAll(this.#handle, bytes, this.#received)
-        : writeParts(this.#handle, bytes, this.#received);
+      const writing = this.#handle.write(bytes, this.#received);
       if (bytes instanceof Uint8Array) this.#hash.update(bytes);
       else for (const part of bytes) this.#hash.update(part);
       try {
@@ -1534,7 +1532,7 @@ async function tryResume(
   partPath: string,
   sidecarPath: string,
   h: FileHeader,
-): Promise<{ handle: fs.FileHandle; hash: Hash; offset: number } | undefined> {
+): Promise<{ handle: PartialFile; hash: Hash; offset: number } | undefined> {
   const s = await readSidecar(sidecarPath);
   if (
     !s || s.name !== h.name || s.size !== h.size || s.sha256 !== h.sha256 || s.mtimeMs !== h.mtimeMs ||
@@ -1566,7 +1564,7 @@ async function tryResume(
       hash.update(buf.subarray(0, bytesRead));
       pos += bytesRead;
     }
-    return { handle, hash, offset: s.durableOffset };
+    return { handle: handlePartial(handle), hash, offset: s.durableOffset };
   } catch (e) {
     await handle.close().catch(() => {});
     throw e;
