@@ -15,7 +15,7 @@
 import * as fs from "node:fs/promises";
 import * as fss from "node:fs";
 import * as path from "node:path";
-import { createHash, type Hash, randomBytes } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
 import { handlePartial, openPartial, type PartialFile } from "../runtime/files.ts";
@@ -210,13 +210,9 @@ const FREE_SPACE_TTL_MS = 1000;
 /** Directories kept open per inbox for their group-committed fsyncs. */
 const MAX_DIR_HANDLES = 32;
 /**
- * Empty partials created ahead of need, so a burst of small files does not wait for a file creation
- * (hundreds of µs of kernel time here) per FILE: at most this many per inbox…
+ * A partial created ahead of need in `.ferry/fresh/` by earlier versions (no longer: see
+ * `openPartial()`); one left by a crash is deleted by `open()`.
  */
-const FRESH_MAX = 16;
-/** …and closed and deleted once no upload has begun for this long. */
-const FRESH_IDLE_MS = 2000;
-/** A fresh partial's name in `.ferry/fresh/`; one left by a crash is deleted by `open()`. */
 const FRESH_NAME = /^[0-9a-f]{32}\.fresh$/;
 /** Relative directories remembered as checked (plain directories, no symlink) per inbox. */
 const MAX_CHECKED_DIRS = 4096;
@@ -299,11 +295,6 @@ export class Inbox {
    * FileHandle collected while open as an error.
    */
   #fds = new Set<number>();
-  /** Empty partials created ahead of need (see {@linkcode FRESH_MAX}). */
-  #fresh: Array<{ path: string; handle: PartialFile }> = [];
-  /** Creations of fresh partials in flight. */
-  #freshFills = new Set<Promise<void>>();
-  #freshTimer?: ReturnType<typeof setTimeout>;
   /** The last statfs reading and the declared bytes accepted since. */
   #free?: { bytes: number; at: number; reserved: number };
 
@@ -543,9 +534,8 @@ export class Inbox {
         }
       }
       await this.#checkFreeSpace(h.size - offset, shownName);
-      // Creating the inode is the expensive part (hundreds of µs of kernel time): a partial created
-      // ahead of need is renamed into place; without one, the creation runs off the main thread.
-      handle ??= this.#takeFresh(partPath) ?? await openPartial(partPath, "w+");
+      // Synchronous: see openPartial() for why not off the main thread or ahead of need.
+      handle ??= openPartial(partPath, "w+");
       const upload = new Upload({
         header: h,
         handle,
@@ -803,65 +793,6 @@ export class Inbox {
   }
 
   /**
-   * An empty partial created ahead of need, renamed to `partPath` (replacing what is there, as
-   * opening it with truncation would), or undefined if none is ready. Tops the pool up either way.
-   */
-  #takeFresh(partPath: string): PartialFile | undefined {
-    const fresh = this.#fresh.pop();
-    this.#fillFresh();
-    if (!fresh) return undefined;
-    try {
-      fss.renameSync(fresh.path, partPath);
-      return fresh.handle;
-    } catch {
-      // Gone (a second inbox on this directory swept it at open): create one the usual way.
-      fresh.handle.close().catch(() => {});
-      rmForce(fresh.path).catch(() => {});
-      return undefined;
-    }
-  }
-
-  /** Starts creating up to two fresh partials (the pool grows with use, up to FRESH_MAX). */
-  #fillFresh(): void {
-    for (let i = 0; i < 2 && this.#fresh.length + this.#freshFills.size < FRESH_MAX; i++) {
-      const file = path.join(this.#freshDir, randomBytes(16).toString("hex") + ".fresh");
-      const fill: Promise<void> = openPartial(file, "wx+").then(
-        (handle) => {
-          this.#fresh.push({ path: file, handle });
-        },
-        () => {}, // full disk, …: begin() creates its partial itself and reports the error
-      ).finally(() => {
-        this.#freshFills.delete(fill);
-        this.#armFreshDrain();
-      });
-      this.#freshFills.add(fill);
-    }
-    this.#armFreshDrain();
-  }
-
-  /** (Re)arms the timer that closes and deletes unused fresh partials once uploads stop. */
-  #armFreshDrain(): void {
-    clearTimeout(this.#freshTimer);
-    if (this.#fresh.length === 0 && this.#freshFills.size === 0) return;
-    this.#freshTimer = setTimeout(() => {
-      this.#freshTimer = undefined;
-      this.#drainFresh().catch(() => {});
-    }, FRESH_IDLE_MS);
-    // Never what keeps a process alive.
-    (this.#freshTimer as { unref?: () => void }).unref?.();
-  }
-
-  async #drainFresh(): Promise<void> {
-    clearTimeout(this.#freshTimer);
-    this.#freshTimer = undefined;
-    await Promise.all(this.#freshFills);
-    for (const fresh of this.#fresh.splice(0)) {
-      await fresh.handle.close().catch(() => {});
-      await rmForce(fresh.path).catch(() => {});
-    }
-  }
-
-  /**
    * Fsyncs a placement directory through a handle kept open for it. `st` is the directory's lstat from
    * the walk that just checked it; a handle opened on another inode (the directory was replaced) is
    * closed and the directory opened again.
@@ -923,7 +854,6 @@ export class Inbox {
    * ```
    */
   async close(): Promise<void> {
-    await this.#drainFresh();
     await this.#appendTail;
     for (const fd of this.#appendFds.values()) this.#closeFd(fd);
     this.#appendFds.clear();
