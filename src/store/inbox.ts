@@ -1070,7 +1070,8 @@ export class Upload {
       }
       await this.#throwIfCheckpointFailed();
       if (length === 0) return;
-      // Hash while the write runs off the main thread; a failed write rolls the hash back.
+      // A large write runs off the main thread while this hashes (a small one is done already, see
+      // PartialFile.write); a failed write rolls the hash back.
       const before = this.#hash.copy();
       const writing = this.#handle.write(bytes, this.#received);
       if (bytes instanceof Uint8Array) this.#hash.update(bytes);
