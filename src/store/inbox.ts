@@ -15,10 +15,10 @@
 import * as fs from "node:fs/promises";
 import * as fss from "node:fs";
 import * as path from "node:path";
-import { createHash, type Hash, randomBytes } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
-import { writeParts } from "../runtime/files.ts";
+import { handlePartial, openPartial, type PartialFile } from "../runtime/files.ts";
 
 /**
  * What happens when a file with the final name already exists: `"rename"`
@@ -210,13 +210,9 @@ const FREE_SPACE_TTL_MS = 1000;
 /** Directories kept open per inbox for their group-committed fsyncs. */
 const MAX_DIR_HANDLES = 32;
 /**
- * Empty partials created ahead of need, so a burst of small files does not wait for a file creation
- * (hundreds of µs of kernel time here) per FILE: at most this many per inbox…
+ * A partial created ahead of need in `.ferry/fresh/` by earlier versions (no longer: see
+ * `openPartial()`); one left by a crash is deleted by `open()`.
  */
-const FRESH_MAX = 16;
-/** …and closed and deleted once no upload has begun for this long. */
-const FRESH_IDLE_MS = 2000;
-/** A fresh partial's name in `.ferry/fresh/`; one left by a crash is deleted by `open()`. */
 const FRESH_NAME = /^[0-9a-f]{32}\.fresh$/;
 /** Relative directories remembered as checked (plain directories, no symlink) per inbox. */
 const MAX_CHECKED_DIRS = 4096;
@@ -299,11 +295,6 @@ export class Inbox {
    * FileHandle collected while open as an error.
    */
   #fds = new Set<number>();
-  /** Empty partials created ahead of need (see {@linkcode FRESH_MAX}). */
-  #fresh: Array<{ path: string; handle: fs.FileHandle }> = [];
-  /** Creations of fresh partials in flight. */
-  #freshFills = new Set<Promise<void>>();
-  #freshTimer?: ReturnType<typeof setTimeout>;
   /** The last statfs reading and the declared bytes accepted since. */
   #free?: { bytes: number; at: number; reserved: number };
 
@@ -508,7 +499,7 @@ export class Inbox {
       throw new FerryError("FILE_BUSY", `Cannot accept "${shownName}": the same file is being received now`);
     }
     busyKeys.add(lock);
-    let handle: fs.FileHandle | undefined;
+    let handle: PartialFile | undefined;
     try {
       // With a digest at the end, the hash is not known yet: duplicates are found by finish().
       const dup = h.digestAtEnd ? undefined : this.#findDuplicate(h.name, h.sha256);
@@ -549,9 +540,8 @@ export class Inbox {
       // would claim bytes of the new partial durable before any were fsynced.
       if (sidecarOnDisk && offset === 0) fss.rmSync(sidecarPath, { force: true });
       await this.#checkFreeSpace(h.size - offset, shownName);
-      // Creating the inode is the expensive part (hundreds of µs of kernel time): a partial created
-      // ahead of need is renamed into place; without one, the creation runs off the main thread.
-      handle ??= this.#takeFresh(partPath) ?? await fs.open(partPath, "w+");
+      // Synchronous: see openPartial() for why not off the main thread or ahead of need.
+      handle ??= openPartial(partPath, "w+");
       const upload = new Upload({
         header: h,
         handle,
@@ -815,65 +805,6 @@ export class Inbox {
   }
 
   /**
-   * An empty partial created ahead of need, renamed to `partPath` (replacing what is there, as
-   * opening it with truncation would), or undefined if none is ready. Tops the pool up either way.
-   */
-  #takeFresh(partPath: string): fs.FileHandle | undefined {
-    const fresh = this.#fresh.pop();
-    this.#fillFresh();
-    if (!fresh) return undefined;
-    try {
-      fss.renameSync(fresh.path, partPath);
-      return fresh.handle;
-    } catch {
-      // Gone (a second inbox on this directory swept it at open): create one the usual way.
-      fresh.handle.close().catch(() => {});
-      rmForce(fresh.path).catch(() => {});
-      return undefined;
-    }
-  }
-
-  /** Starts creating up to two fresh partials (the pool grows with use, up to FRESH_MAX). */
-  #fillFresh(): void {
-    for (let i = 0; i < 2 && this.#fresh.length + this.#freshFills.size < FRESH_MAX; i++) {
-      const file = path.join(this.#freshDir, randomBytes(16).toString("hex") + ".fresh");
-      const fill: Promise<void> = fs.open(file, "wx+").then(
-        (handle) => {
-          this.#fresh.push({ path: file, handle });
-        },
-        () => {}, // full disk, …: begin() creates its partial itself and reports the error
-      ).finally(() => {
-        this.#freshFills.delete(fill);
-        this.#armFreshDrain();
-      });
-      this.#freshFills.add(fill);
-    }
-    this.#armFreshDrain();
-  }
-
-  /** (Re)arms the timer that closes and deletes unused fresh partials once uploads stop. */
-  #armFreshDrain(): void {
-    clearTimeout(this.#freshTimer);
-    if (this.#fresh.length === 0 && this.#freshFills.size === 0) return;
-    this.#freshTimer = setTimeout(() => {
-      this.#freshTimer = undefined;
-      this.#drainFresh().catch(() => {});
-    }, FRESH_IDLE_MS);
-    // Never what keeps a process alive.
-    (this.#freshTimer as { unref?: () => void }).unref?.();
-  }
-
-  async #drainFresh(): Promise<void> {
-    clearTimeout(this.#freshTimer);
-    this.#freshTimer = undefined;
-    await Promise.all(this.#freshFills);
-    for (const fresh of this.#fresh.splice(0)) {
-      await fresh.handle.close().catch(() => {});
-      await rmForce(fresh.path).catch(() => {});
-    }
-  }
-
-  /**
    * Fsyncs a placement directory through a handle kept open for it. `st` is the directory's lstat from
    * the walk that just checked it; a handle opened on another inode (the directory was replaced) is
    * closed and the directory opened again.
@@ -935,7 +866,6 @@ export class Inbox {
    * ```
    */
   async close(): Promise<void> {
-    await this.#drainFresh();
     await this.#appendTail;
     for (const fd of this.#appendFds.values()) this.#closeFd(fd);
     this.#appendFds.clear();
@@ -1011,7 +941,7 @@ function deferredVoid(): { promise: Promise<void>; resolve: () => void; reject: 
 /** Internal construction parameters of an {@linkcode Upload}. */
 interface UploadInit {
   header: FileHeader;
-  handle: fs.FileHandle;
+  handle: PartialFile;
   hash: Hash;
   offset: number;
   partPath: string;
@@ -1063,7 +993,7 @@ export class Upload {
   readonly #findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
   readonly #inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   readonly #header: FileHeader;
-  readonly #handle: fs.FileHandle;
+  readonly #handle: PartialFile;
   #hash: Hash;
   readonly #partPath: string;
   readonly #sidecarPath: string;
@@ -1152,11 +1082,10 @@ export class Upload {
       }
       if (this.#checkpointError !== undefined) await this.#throwIfCheckpointFailed();
       if (length === 0) return;
-      // Hash while the write runs off the main thread; a failed write rolls the hash back.
+      // A large write runs off the main thread while this hashes (a small one is done already, see
+      // PartialFile.write); a failed write rolls the hash back.
       const before = this.#hash.copy();
-      const writing = bytes instanceof Uint8Array
-        ? writeAll(this.#handle, bytes, this.#received)
-        : writeParts(this.#handle, bytes, this.#received);
+      const writing = this.#handle.write(bytes, this.#received);
       if (bytes instanceof Uint8Array) this.#hash.update(bytes);
       else for (const part of bytes) this.#hash.update(part);
       try {
@@ -1546,7 +1475,7 @@ async function tryResume(
   partPath: string,
   sidecarPath: string,
   h: FileHeader,
-): Promise<{ handle: fs.FileHandle; hash: Hash; offset: number } | undefined> {
+): Promise<{ handle: PartialFile; hash: Hash; offset: number } | undefined> {
   const s = await readSidecar(sidecarPath);
   if (
     !s || s.name !== h.name || s.size !== h.size || s.sha256 !== h.sha256 || s.mtimeMs !== h.mtimeMs ||
@@ -1578,7 +1507,7 @@ async function tryResume(
       hash.update(buf.subarray(0, bytesRead));
       pos += bytesRead;
     }
-    return { handle, hash, offset: s.durableOffset };
+    return { handle: handlePartial(handle), hash, offset: s.durableOffset };
   } catch (e) {
     await handle.close().catch(() => {});
     throw e;

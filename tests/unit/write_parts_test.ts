@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { FerryError } from "../../src/errors.ts";
-import { writeParts } from "../../src/runtime/files.ts";
+import { openPartial, writeParts } from "../../src/runtime/files.ts";
 import { type FileHeader, Inbox, type Upload } from "../../src/store/inbox.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -150,5 +150,31 @@ describe("writeParts", () => {
     const { fh } = shortWriter(0);
     await rejectsWith(writeParts(fh, split(bytesOf(10), [5]), 0), "IO_ERROR");
     await rejectsWith(writeParts(fh, [bytesOf(10)], 0), "IO_ERROR");
+  });
+});
+
+describe("openPartial", () => {
+  beforeEach(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), "ferry-partial-test-"));
+  });
+  afterEach(async () => {
+    await fs.rm(root, { recursive: true, force: true });
+  });
+
+  it("writes small (synchronous) and large (asynchronous) payloads and parts at their place", async () => {
+    const file = path.join(root, "f.part");
+    const bytes = bytesOf(700_000, 5);
+    const pf = openPartial(file, "wx+");
+    await pf.write(bytes.subarray(0, 10), 0);
+    await pf.write(split(bytes.subarray(10, 100_000), [11, 50_000]), 10);
+    await pf.write(split(bytes.subarray(100_000, 400_000), [100_001, 300_000]), 100_000);
+    await pf.write(bytes.subarray(400_000), 400_000);
+    await pf.write([], 700_000);
+    await pf.datasync();
+    await pf.sync();
+    await pf.close();
+    await pf.close(); // a second close does nothing
+    assert.deepEqual(new Uint8Array(await fs.readFile(file)), bytes);
+    assert.throws(() => openPartial(file, "wx+"), (e: unknown) => (e as { code?: string }).code === "EEXIST");
   });
 });
