@@ -62,7 +62,10 @@ export interface ServerOptions {
   tls?: TlsServerOptions;
   /** Time in-flight transfers get to finish on close(). Default 10 s. */
   graceMs?: number;
-  /** fsync a partial at least every this many bytes. Default 8 MiB. */
+  /**
+   * Checkpoint (fsync) a partial every this many bytes, in the background: at most twice this much of
+   * an upload is ever not durable. Default 8 MiB.
+   */
   syncEveryBytes?: number;
   /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
   runtime?: Runtime;
