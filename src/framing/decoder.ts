@@ -1,5 +1,11 @@
 import { ProtocolError } from "../errors.ts";
-import { DEFAULT_MAX_FRAME_SIZE, type Frame, FRAME_HEADER_SIZE, type FrameParts } from "./frame.ts";
+import {
+  DEFAULT_MAX_FRAME_SIZE,
+  type Frame,
+  FRAME_HEADER_SIZE,
+  type FrameParts,
+  joinBytes,
+} from "./frame.ts";
 
 /** Options for {@linkcode FrameDecoder}. */
 export interface FrameDecoderOptions {
@@ -73,7 +79,7 @@ export class FrameDecoder {
     const frame = this.nextParts();
     if (!frame) return undefined;
     const { parts, length } = frame;
-    return { type: frame.type, payload: parts.length === 1 ? parts[0] : join(parts, length) };
+    return { type: frame.type, payload: joinBytes(parts, length) };
   }
 
   /**
@@ -175,16 +181,6 @@ export class FrameDecoder {
     }
     return parts;
   }
-}
-
-function join(parts: readonly Uint8Array[], length: number): Uint8Array {
-  const out = new Uint8Array(length);
-  let filled = 0;
-  for (const part of parts) {
-    out.set(part, filled);
-    filled += part.length;
-  }
-  return out;
 }
 
 /**

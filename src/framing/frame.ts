@@ -84,3 +84,24 @@ export function encodeFrame(frame: Frame): Uint8Array {
   out.set(frame.payload, FRAME_HEADER_SIZE);
   return out;
 }
+
+/**
+ * One buffer holding `parts` in order: the part itself when there is only one (no copy), else a new
+ * buffer of `length` bytes (the parts' total).
+ *
+ * @example
+ * ```ts
+ * import { joinBytes } from "./frame.ts";
+ * joinBytes([new Uint8Array([1]), new Uint8Array([2, 3])], 3); // Uint8Array [1, 2, 3]
+ * ```
+ */
+export function joinBytes(parts: readonly Uint8Array[], length: number): Uint8Array {
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(length);
+  let filled = 0;
+  for (const part of parts) {
+    out.set(part, filled);
+    filled += part.length;
+  }
+  return out;
+}

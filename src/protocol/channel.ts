@@ -1,5 +1,5 @@
 import { FrameDecoder } from "../framing/decoder.ts";
-import type { FrameParts } from "../framing/frame.ts";
+import { type FrameParts, joinBytes } from "../framing/frame.ts";
 import type { Connection } from "../runtime/transport.ts";
 import { DATA_PREFIX_SIZE, FrameType } from "./constants.ts";
 import {
@@ -117,7 +117,7 @@ export class Channel {
       }
       if (frame.type === FrameType.DATA && frame.length >= DATA_PREFIX_SIZE) return this.#dataParts(frame);
       // A short DATA frame fails to decode here, with the error receive() would give.
-      const m = decodeMessage({ type: frame.type, payload: joinParts(frame.parts, frame.length) });
+      const m = decodeMessage({ type: frame.type, payload: joinBytes(frame.parts, frame.length) });
       return m.kind === "data"
         ? { kind: "data", id: m.id, offset: m.offset, parts: [m.bytes], length: m.bytes.length }
         : m;
@@ -179,15 +179,4 @@ export class Channel {
     writeDataHeader(frame, id, offset, frame.length - DATA_HEADER_SIZE);
     return this.conn.write(frame);
   }
-}
-
-function joinParts(parts: readonly Uint8Array[], length: number): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(length);
-  let filled = 0;
-  for (const part of parts) {
-    out.set(part, filled);
-    filled += part.length;
-  }
-  return out;
 }

@@ -10,6 +10,7 @@
  */
 import { setImmediate } from "node:timers";
 import { FerryError } from "../errors.ts";
+import { joinBytes } from "../framing/frame.ts";
 import { nodeNetRuntime } from "./node_net.ts";
 import type { Connection, Listener, Runtime } from "./transport.ts";
 
@@ -59,16 +60,6 @@ function withCode(e: unknown): unknown {
     : undefined;
   if (code) Object.defineProperty(e, "code", { value: code });
   return e;
-}
-
-function join(parts: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 class DenoConnection implements Connection {
@@ -200,7 +191,7 @@ class DenoConnection implements Connection {
         let smallBytes = 0;
         const flushSmall = async () => {
           if (small.length === 0) return;
-          const joined = small.length === 1 ? small[0] : join(small, smallBytes);
+          const joined = joinBytes(small, smallBytes);
           small = [];
           smallBytes = 0;
           await this.#writeAll(joined);

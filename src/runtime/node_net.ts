@@ -11,6 +11,7 @@ import { createHash, X509Certificate } from "node:crypto";
 import process from "node:process";
 import { setImmediate } from "node:timers";
 import { FerryError } from "../errors.ts";
+import { joinBytes } from "../framing/frame.ts";
 import { encodeMessage } from "../protocol/messages.ts";
 import type { Connection, Listener, Runtime, TlsClientOptions } from "./transport.ts";
 
@@ -213,7 +214,7 @@ class NodeConnection implements Connection {
   #flushOut(): void {
     const out = this.#out;
     if (out.length === 0) return;
-    const joined = out.length === 1 ? out[0] : join(out, this.#outBytes);
+    const joined = joinBytes(out, this.#outBytes);
     this.#out = [];
     this.#outBytes = 0;
     const socket = this.#socket;
@@ -260,16 +261,6 @@ class NodeConnection implements Connection {
     this.#flushOut();
     this.#socket.destroy();
   }
-}
-
-function join(parts: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 function isBenignClose(e: Error): boolean {

@@ -18,7 +18,8 @@ import * as path from "node:path";
 import { createHash, type Hash } from "node:crypto";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
-import { handlePartial, openPartial, type PartialFile } from "../runtime/files.ts";
+import { joinBytes } from "../framing/frame.ts";
+import { handlePartial, openPartial, type PartialFile, writeAll } from "../runtime/files.ts";
 
 /**
  * What happens when a file with the final name already exists: `"rename"`
@@ -1538,15 +1539,6 @@ async function linkNoClobber(from: string, to: string): Promise<boolean> {
   return true;
 }
 
-async function writeAll(fh: fs.FileHandle, bytes: Uint8Array, position: number): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
-    if (bytesWritten <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
-    done += bytesWritten;
-  }
-}
-
 /** The last `limit` complete lines of a file (none if it does not exist), oldest first. */
 async function tailLines(file: string, limit: number): Promise<string[]> {
   if (limit === 0) return [];
@@ -1571,21 +1563,11 @@ async function tailLines(file: string, limit: number): Promise<string[]> {
       chunks.unshift(got);
       end = start;
     }
-    const text = new TextDecoder().decode(concatBytes(chunks));
+    const text = new TextDecoder().decode(joinBytes(chunks, chunks.reduce((n, c) => n + c.length, 0)));
     return text.split("\n").filter((l) => l.trim() !== "").slice(-limit);
   } finally {
     await fh.close();
   }
-}
-
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /** Drops a last line torn by a crash, so the next append starts on a fresh line. */
