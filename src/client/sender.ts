@@ -24,6 +24,7 @@ import { defaultRuntime } from "../runtime/select.ts";
 import type { Connection, Runtime, TlsClientOptions } from "../runtime/transport.ts";
 import { authMac } from "../server/auth.ts";
 import { backoffDelay } from "./backoff.ts";
+import { FrameBuffers } from "./frame_buffers.ts";
 import {
   describeFile,
   expandItems,
@@ -177,6 +178,8 @@ const DEFAULT_CHUNK = 256 * 1024;
 interface Chunk {
   payload: Uint8Array;
   frame?: Uint8Array;
+  /** The reusable buffer `frame` is a view of ({@linkcode FrameBuffers}). */
+  buffer?: Uint8Array;
 }
 
 /** A FILE sent on one connection, waiting for its answer. */
@@ -407,6 +410,7 @@ class ClientSession {
   #fail: (job: FileJob, error: FerryError) => void;
   #progress: Progress;
   #serverMaxFrame = DEFAULT_MAX_FRAME_SIZE;
+  #buffers?: FrameBuffers;
   /** The server announced DIGEST_AT_END: large files may be streamed before they are hashed. */
   #digestAtEnd = false;
   #answers = new Map<number, Offered>();
@@ -510,6 +514,7 @@ class ClientSession {
       this.#heartbeat.stop();
       this.#conn.close();
       await reading.catch(() => {});
+      this.#buffers?.retire();
     }
   }
 
@@ -651,6 +656,9 @@ class ClientSession {
     const handle = data ? undefined : await open(file.path, "r").catch(readError);
     // DIGEST_AT_END: hash exactly the bytes sent; on a resume, first the bytes the receiver kept.
     let hash: Hash | undefined;
+    const frameSize = DATA_HEADER_SIZE + chunkSize;
+    if (this.#buffers?.size !== frameSize) this.#buffers = new FrameBuffers(this.#conn, frameSize);
+    const buffers = this.#buffers;
     // The next chunk is read while the current one is sent, so disk and socket work overlap.
     const readAt = (at: number): Promise<Chunk> => {
       const length = Math.min(chunkSize, file.size - at);
@@ -661,13 +669,14 @@ class ClientSession {
         file.frame = undefined;
         return Promise.resolve({ payload: data.subarray(at, at + length), frame: whole });
       }
-      // A fresh buffer each time (the socket may still hold the previous one), with room for the
-      // frame header in front so the frame leaves as one buffer. Not zeroed: only bytes read are sent.
-      const frame: Uint8Array = Buffer.allocUnsafeSlow(DATA_HEADER_SIZE + length);
-      const reading = handle!.read(frame, DATA_HEADER_SIZE, length, at).then(
+      // A buffer the socket no longer holds, with room for the frame header in front so the frame
+      // leaves as one buffer.
+      const buffer = buffers.take();
+      const reading = handle!.read(buffer, DATA_HEADER_SIZE, length, at).then(
         ({ bytesRead }) => ({
-          payload: frame.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + bytesRead),
-          frame: frame.subarray(0, DATA_HEADER_SIZE + bytesRead),
+          payload: buffer.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + bytesRead),
+          frame: buffer.subarray(0, DATA_HEADER_SIZE + bytesRead),
+          buffer,
         }),
         readError,
       );
@@ -689,15 +698,17 @@ class ClientSession {
       let lastEmit = 0;
       // A refusal mid-file (DISK_FULL, …) marks the job done: stop sending bytes the server drops.
       while (next && !job.done) {
-        const { payload: chunk, frame } = await next;
+        const { payload: chunk, frame, buffer } = await next;
         const bytesRead = chunk.length;
         if (bytesRead === 0) {
+          if (buffer) buffers.giveBack(buffer);
           throw new LocalFileError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
         }
         next = position + bytesRead < file.size ? readAt(position + bytesRead) : undefined;
         const sending = frame
           ? this.#channel.sendDataFrame(id, position, frame)
           : this.#channel.sendData(id, position, chunk);
+        if (buffer) buffers.sent(buffer);
         // Hashed while the socket takes the same buffer: no copy, and the two overlap.
         hash?.update(chunk);
         await sending;

@@ -30,7 +30,7 @@ const WRITE_HIGH_WATER = 1024 * 1024;
  * bounded, so idle connections hold none and many busy ones do not each keep a few.
  */
 const spares: ArrayBuffer[] = [];
-const MAX_SPARES = 8;
+const MAX_SPARES = 64;
 /** Pause after an accept error such as EMFILE, so the loop does not spin. */
 const ACCEPT_RETRY_MS = 50;
 
@@ -100,6 +100,14 @@ class DenoConnection implements Connection {
     } catch {
       // Already reset by the peer: the first read reports it.
     }
+  }
+
+  get bytesQueued(): number {
+    return this.bytesWritten + this.#queued;
+  }
+  /** `Deno.Conn.write` has copied what it reports written: those buffers are free. */
+  get bytesFlushed(): number {
+    return this.bytesWritten;
   }
 
   async read(): Promise<Uint8Array | null> {

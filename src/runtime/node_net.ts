@@ -72,6 +72,9 @@ class NodeConnection implements Connection {
   #flushArmed = false;
   /** The socket's buffer is above its high-water mark: writers wait for 'drain'. */
   #needDrain = false;
+  /** Bytes passed to write(), and bytes whose socket write completed (see Connection.bytesFlushed). */
+  #bytesQueued = 0;
+  #bytesFlushed = 0;
 
   /** `raw` is the TCP socket under a TLS one; it carries the address and TCP options. */
   constructor(socket: net.Socket, raw: net.Socket = socket) {
@@ -118,6 +121,21 @@ class NodeConnection implements Connection {
   }
   get bytesRead(): number {
     return this.#socket.bytesRead ?? 0;
+  }
+  get bytesQueued(): number {
+    return this.#bytesQueued;
+  }
+  get bytesFlushed(): number {
+    return this.#bytesFlushed;
+  }
+
+  /**
+   * `socket.write` with its completion counted: the callback runs once the socket no longer needs
+   * the buffer (written to the OS, or failed), in the order of the writes.
+   */
+  #socketWrite(bytes: Uint8Array): boolean {
+    const n = bytes.length;
+    return this.#socket.write(bytes, () => this.#bytesFlushed += n);
   }
 
   #wake(): void {
@@ -184,6 +202,7 @@ class NodeConnection implements Connection {
     let length = 0;
     if (parts instanceof Uint8Array) length = parts.length;
     else for (const part of parts) length += part.length;
+    this.#bytesQueued += length;
     if (length < COALESCE_LIMIT && this.#outBytes + length <= COALESCE_LIMIT) {
       if (parts instanceof Uint8Array) this.#out.push(parts);
       else for (const part of parts) this.#out.push(part);
@@ -199,11 +218,11 @@ class NodeConnection implements Connection {
       // cork/uncork turns the parts into one writev: queued frames, header and payload leave together.
       socket.cork();
       this.#flushOut();
-      if (parts instanceof Uint8Array) ok = socket.write(parts);
-      else for (const part of parts) ok = socket.write(part);
+      if (parts instanceof Uint8Array) ok = this.#socketWrite(parts);
+      else for (const part of parts) ok = this.#socketWrite(part);
       socket.uncork();
     } else {
-      ok = socket.write(parts instanceof Uint8Array ? parts : parts[0]);
+      ok = this.#socketWrite(parts instanceof Uint8Array ? parts : parts[0]);
     }
     if (ok) return Promise.resolve();
     this.#needDrain = true;
@@ -219,7 +238,7 @@ class NodeConnection implements Connection {
     this.#outBytes = 0;
     const socket = this.#socket;
     if (socket.destroyed) return;
-    if (!socket.write(joined)) this.#needDrain = true;
+    if (!this.#socketWrite(joined)) this.#needDrain = true;
   }
 
   readonly #flushSoon = (): void => {

@@ -37,6 +37,17 @@ export interface Connection {
   readonly closed: Promise<void>;
   /** Bytes written to the socket so far. */
   readonly bytesWritten: number;
+  /**
+   * Optional, with {@linkcode bytesFlushed}: bytes passed to `write()` so far, counted as one
+   * outgoing stream (small frames joined into one write count as what they were).
+   */
+  readonly bytesQueued?: number;
+  /**
+   * Optional. Every byte of the outgoing stream before this offset (see {@linkcode bytesQueued})
+   * has been handed to the OS: the transport holds no reference to the buffers they came from, so
+   * the writer may refill them. A writer that reuses buffers must check this; without it, it must not.
+   */
+  readonly bytesFlushed?: number;
   /** Bytes read from the socket so far. */
   readonly bytesRead: number;
 }

@@ -173,6 +173,61 @@ for (const [name, rt] of ADAPTERS) {
       },
     );
 
+    test(
+      "bytesFlushed: buffers refilled once flushed arrive intact; it lags while the peer does not read",
+      { timeout: 20_000 },
+      async () => {
+        const { listener, next } = await listen(rt);
+        try {
+          const client = await rt.connect({ hostname: "127.0.0.1", port: listener.port });
+          const server = await next();
+          assert.equal(typeof client.bytesQueued, "number");
+          assert.equal(typeof client.bytesFlushed, "number");
+          const total = 32 * 1024 * 1024;
+          const size = 256 * 1024;
+          const sent = createHash("sha256");
+          // The sender's rule (src/client/sender.ts FrameBuffers): refill the oldest buffer only once
+          // bytesFlushed has passed the end of what it held; otherwise take a fresh one.
+          const ring: Array<{ buffer: Uint8Array; until: number }> = [];
+          let refilled = 0;
+          let lagged = false;
+          const writing = (async () => {
+            for (let i = 0, at = 0; at < total; i++) {
+              const oldest = ring[0];
+              let buffer: Uint8Array;
+              if (oldest && oldest.until <= client.bytesFlushed!) {
+                buffer = ring.shift()!.buffer;
+                refilled++;
+              } else buffer = new Uint8Array(size);
+              const part = buffer.subarray(0, Math.min(size, total - at));
+              part.set(pattern(part.length, i));
+              sent.update(part);
+              const written = client.write(part);
+              ring.push({ buffer, until: client.bytesQueued! });
+              assert.ok(client.bytesFlushed! <= client.bytesQueued!);
+              if (client.bytesFlushed! < client.bytesQueued! - size) lagged = true;
+              await written;
+              at += part.length;
+            }
+            await client.closeWrite();
+          })();
+          // Nothing is read until the writer has had to wait: the kernel's buffers are full by then.
+          while (!lagged) await new Promise((r) => setTimeout(r, 5));
+          const got = await readAll(server);
+          await writing;
+          assert.equal(got.length, total);
+          assert.equal(sha(got), sent.digest("hex"));
+          assert.ok(refilled > 0, "some buffers were refilled");
+          assert.equal(client.bytesQueued, total);
+          assert.equal(client.bytesFlushed, total, "everything is flushed once the stream is closed");
+          client.close();
+          server.close();
+        } finally {
+          await listener.close();
+        }
+      },
+    );
+
     test("10,000 small writes keep their order", { timeout: 20_000 }, async () => {
       const { listener, next } = await listen(rt);
       try {
