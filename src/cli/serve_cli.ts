@@ -34,7 +34,7 @@ Options:
   --min-free SIZE             Free disk space that must remain after a file (default 64M)
   --partial-ttl DUR           Delete unfinished partial files after this long (default 24h)
   --sync-every SIZE           fsync a partial file every SIZE bytes, in the background; a crash
-                              loses at most 2 x SIZE of an upload, which the sender resends (default 8M)
+                              loses at most 2 x SIZE of an upload, which the sender resends (default 32M)
   --max-message-size SIZE     Largest text message (default 64K)
   --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)

@@ -64,7 +64,8 @@ export interface ServerOptions {
   graceMs?: number;
   /**
    * Checkpoint (fsync) a partial every this many bytes, in the background: at most twice this much of
-   * an upload is ever not durable. Default 8 MiB.
+   * an upload is ever not durable. Default 32 MiB (each checkpoint costs an fdatasync and a sidecar
+   * written, fsynced and renamed: with 8 MiB, a 1 GiB upload took 10 % longer on 2 vCPUs).
    */
   syncEveryBytes?: number;
   /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
@@ -139,7 +140,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
     maxAuthFailuresPerMinute: options.maxAuthFailuresPerMinute ?? 5,
     tls: options.tls,
     graceMs: options.graceMs ?? 10_000,
-    syncEveryBytes: options.syncEveryBytes ?? 8 * 1024 * 1024,
+    syncEveryBytes: options.syncEveryBytes ?? 32 * 1024 * 1024,
     imagesOnly: options.imagesOnly ?? false,
     hashFirst: options.hashFirst ?? false,
     maxPixels: options.maxPixels ?? DEFAULT_MAX_PIXELS,

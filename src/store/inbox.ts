@@ -49,7 +49,7 @@ export interface InboxOptions {
   onCollision?: CollisionPolicy;
   /** Default 24 h: partial files untouched for longer are deleted by `open()` and `sweep()`. */
   partialTtlMs?: number;
-  /** Default 8 MiB: fsync the partial and advance its durable offset at least this often. */
+  /** Default 32 MiB: fsync the partial and advance its durable offset at least this often. */
   syncEveryBytes?: number;
   /** Default 64 MiB: free space that must remain after storing the declared size. */
   minFreeBytes?: number;
@@ -181,7 +181,7 @@ const MiB = 1024 * 1024;
 const DEFAULTS = {
   onCollision: "rename" as CollisionPolicy,
   partialTtlMs: 24 * 60 * 60 * 1000,
-  syncEveryBytes: 8 * MiB,
+  syncEveryBytes: 32 * MiB,
   minFreeBytes: 64 * MiB,
   maxFileSize: 0,
 };
