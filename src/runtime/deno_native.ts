@@ -23,7 +23,7 @@ const COALESCE_LIMIT = 64 * 1024;
 /** Longest a close() waits for the last few queued small frames to be written. */
 const CLOSE_LINGER_MS = 1_000;
 /** Queued but unwritten bytes above which `write()` waits until the queue is back under it. */
-const WRITE_HIGH_WATER = 1024 * 1024;
+const WRITE_HIGH_WATER = 256 * 1024;
 /**
  * Read buffers free for reuse, shared by all connections: handed back by the reader
  * ({@linkcode Connection.release}), or kept after a small read was copied out. Shared and

@@ -1083,8 +1083,8 @@ export class Upload {
       }
       if (this.#checkpointError !== undefined) await this.#throwIfCheckpointFailed();
       if (length === 0) return;
-      // A large write runs off the main thread while this hashes (a small one is done already, see
-      // PartialFile.write); a failed write rolls the hash back.
+      // On Deno a large write runs off the main thread while this hashes (a small one, and any on Bun,
+      // is done already: see PartialFile.write); a failed write rolls the hash back.
       const before = this.#hash.copy();
       const writing = this.#handle.write(bytes, this.#received);
       if (bytes instanceof Uint8Array) this.#hash.update(bytes);
