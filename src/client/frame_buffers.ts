@@ -12,9 +12,12 @@
 import { Buffer } from "node:buffer";
 import type { Connection } from "../runtime/transport.ts";
 
-/** Buffers one connection keeps in flight for reuse: the transport's queue (1 MiB) plus read-ahead. */
+/** Buffers one connection keeps in flight for reuse: the transport's queue plus the socket's, and read-ahead. */
 const RING_LIMIT = 8;
-/** Flushed buffers kept for the next connection of this process (4 MiB of 256 KiB frames). */
+/**
+ * Flushed buffers kept for the next connection of this process: 4 MiB of 256 KiB frames, which a
+ * process that has sent files keeps for as long as it runs.
+ */
 const IDLE_LIMIT = 16;
 /** Flushed buffers no connection holds, all of one size (the most recent ring's). */
 const idle: Uint8Array[] = [];
@@ -51,7 +54,7 @@ export class FrameBuffers {
       this.#ring.shift();
       return oldest.buffer;
     }
-    if (idle.length > 0 && idle[0].length === this.size) return idle.pop()!;
+    if (idle.length > 0 && idle[idle.length - 1].length === this.size) return idle.pop()!;
     // Not zeroed: only bytes read from the file are ever sent from it.
     return Buffer.allocUnsafeSlow(this.size);
   }
@@ -65,8 +68,9 @@ export class FrameBuffers {
     if (this.#ring.length > RING_LIMIT) this.#ring.shift();
   }
 
-  /** A buffer taken but never written (the read failed or came back empty): free at once. */
+  /** A buffer taken but never written (its chunk was not sent): free at once. Once per buffer. */
   giveBack(buffer: Uint8Array): void {
+    if (this.#ring.some((entry) => entry.buffer === buffer)) return;
     this.#ring.unshift({ buffer, until: 0 });
   }
 

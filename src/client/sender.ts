@@ -6,7 +6,6 @@
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
-import { Buffer } from "node:buffer";
 import { open } from "node:fs/promises";
 import { FerryError, ProtocolError, RemoteError } from "../errors.ts";
 import { DEFAULT_MAX_FRAME_SIZE } from "../framing/frame.ts";
@@ -701,7 +700,6 @@ class ClientSession {
         const { payload: chunk, frame, buffer } = await next;
         const bytesRead = chunk.length;
         if (bytesRead === 0) {
-          if (buffer) buffers.giveBack(buffer);
           throw new LocalFileError("IO_ERROR", `Cannot send ${file.path}: it shrank while being sent`);
         }
         next = position + bytesRead < file.size ? readAt(position + bytesRead) : undefined;
@@ -736,7 +734,10 @@ class ClientSession {
         }
       }
     } finally {
-      await next?.catch(() => {});
+      // A chunk read but never sent (the file ended early, the job was refused, a send failed): its
+      // buffer is free again.
+      const unsent = await next?.catch(() => undefined);
+      if (unsent?.buffer) buffers.giveBack(unsent.buffer);
       await handle?.close();
     }
     if (job.done) return;

@@ -270,6 +270,13 @@ class TappedConnection implements Connection {
   get bytesRead(): number {
     return this.#inner.bytesRead;
   }
+  // Forwarded as they are: write() and the cut hand bytes to the inner connection synchronously.
+  get bytesQueued(): number | undefined {
+    return this.#inner.bytesQueued;
+  }
+  get bytesFlushed(): number | undefined {
+    return this.#inner.bytesFlushed;
+  }
   read(): Promise<Uint8Array | null> {
     if (this.#cutting) return Promise.resolve(null);
     // A read pending when the cut happens ends too: the sender must see the drop.

@@ -1,7 +1,9 @@
 /**
- * Positional writes of a payload left in parts, the cheapest way for the
- * runtime we are on (measured: 2,048 writes of 256 KiB in two parts to one
- * file, CPU ms, Deno 2.9.6 / Bun 1.4.5 on 2 vCPUs):
+ * Partial files being received, written the cheapest way for the runtime we
+ * are on, and `writeAll` for small whole-buffer writes.
+ *
+ * Measured earlier (2,048 writes of 256 KiB in two parts to one file, CPU ms,
+ * Deno 2.9.6 / Bun 1.4.5 on 2 vCPUs, asynchronous calls):
  *
  * | way                                  | Deno | Bun |
  * | ------------------------------------ | ---: | --: |
@@ -10,7 +12,9 @@
  * | two `write`s, one after the other     |  250 | 280 |
  * | two `write`s at once                  |  220 | 340 |
  *
- * So Bun uses `writev`, Deno one positional `write` per part, all at once.
+ * So Deno writes the parts of a large frame with one positional `write` each,
+ * all at once; Bun writes every frame synchronously, its parts in one
+ * `writevSync` (see {@linkcode SYNC_WRITE_MAX} for why).
  *
  * @module
  */
@@ -27,35 +31,6 @@ export async function writeAll(fh: FileHandle, bytes: Uint8Array, position: numb
     const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
     if (bytesWritten <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
     done += bytesWritten;
-  }
-}
-
-/** Writes `parts` one after another in the file, starting at `position`. */
-export async function writeParts(
-  fh: FileHandle,
-  parts: readonly Uint8Array[],
-  position: number,
-): Promise<void> {
-  if (parts.length === 1) return writeAll(fh, parts[0], position);
-  if (!onBun) {
-    const writes: Promise<void>[] = [];
-    for (const part of parts) {
-      writes.push(writeAll(fh, part, position));
-      position += part.length;
-    }
-    await Promise.all(writes);
-    return;
-  }
-  let rest = parts.filter((p) => p.length > 0);
-  while (rest.length > 0) {
-    const { bytesWritten } = await fh.writev(rest, position);
-    if (bytesWritten <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
-    position += bytesWritten;
-    let skip = bytesWritten;
-    let i = 0;
-    while (i < rest.length && skip >= rest[i].length) skip -= rest[i++].length;
-    rest = rest.slice(i);
-    if (skip > 0) rest[0] = rest[0].subarray(skip);
   }
 }
 
@@ -82,14 +57,15 @@ export interface PartialFile {
  * Writes up to this many bytes run synchronously: a 64 KiB pwrite into the page cache takes about
  * 20 µs, less than the main thread spends handing it to the thread pool and taking the answer back.
  * On Deno, larger writes (the 256 KiB frames of a big file) stay asynchronous, overlapping the hashing
- * of the same bytes. On Bun every write is synchronous: an asynchronous one keeps its socket chunk
- * alive until the pool thread is done, and with many uploads the allocator hands back those pages
- * and faults fresh ones in for the next reads (the server's main thread spent most of its time in
- * page faults). Measured on 2 vCPUs, interleaved runs: 200 senders × 4 MiB, server CPU 2.6–2.9 s
- * against 5.7–5.8 s and wall 4.0–4.3 s against 5.7–5.8 s; one 1 GiB file, 2.4–2.5 s against
- * 2.9–3.1 s.
+ * of the same bytes. On Bun every frame up to the default max frame size (1 MiB) is written
+ * synchronously: an asynchronous write keeps its socket chunk alive until the pool thread is done,
+ * and with many uploads the allocator hands those pages back to the OS and faults fresh ones in for
+ * the next reads (the server's main thread spent most of its time in page faults). Measured on
+ * 2 vCPUs, interleaved runs: 200 senders × 4 MiB, server CPU 2.6–2.9 s against 5.7–5.8 s and wall
+ * 4.0–4.3 s against 5.7–5.8 s; one 1 GiB file, 2.4–2.5 s against 2.9–3.1 s. Larger frames (a raised
+ * `--max-frame-size`) stay asynchronous so one write cannot hold the event loop for long.
  */
-const SYNC_WRITE_MAX = onBun ? Infinity : 128 * 1024;
+const SYNC_WRITE_MAX = onBun ? 1024 * 1024 : 128 * 1024;
 
 /**
  * Creates or opens a partial file (`"w+"`, `"wx+"` or `"r+"`) synchronously. Creating an inode takes
@@ -101,16 +77,70 @@ export function openPartial(file: string, flags: "w+" | "wx+" | "r+"): PartialFi
   return new FdPartial(fs.openSync(file, flags, 0o666));
 }
 
-/** Wraps an open `FileHandle` as a {@linkcode PartialFile} (it is closed through it). */
+/**
+ * Wraps an open `FileHandle` as a {@linkcode PartialFile} (it is closed through it); writes go to its
+ * descriptor as for {@linkcode openPartial}.
+ */
 export function handlePartial(fh: FileHandle): PartialFile {
   return {
     fd: fh.fd,
-    write: (bytes, position) =>
-      bytes instanceof Uint8Array ? writeAll(fh, bytes, position) : writeParts(fh, bytes, position),
+    write: (bytes, position) => writeAt(fh.fd, bytes instanceof Uint8Array ? [bytes] : bytes, position),
     sync: () => fh.sync(),
     datasync: () => fh.datasync(),
     close: () => fh.close(),
   };
+}
+
+/**
+ * Writes `parts` one after another at `position` of the file `fd`: synchronously up to
+ * {@linkcode SYNC_WRITE_MAX} bytes (Bun: the parts in one `writevSync`), else one asynchronous
+ * positional write per part, all at once. Continues after short writes.
+ */
+async function writeAt(fd: number, parts: readonly Uint8Array[], position: number): Promise<void> {
+  let length = 0;
+  for (const part of parts) length += part.length;
+  if (length > SYNC_WRITE_MAX) {
+    const writes: Promise<void>[] = [];
+    for (const part of parts) {
+      writes.push(writeAsyncAt(fd, part, position));
+      position += part.length;
+    }
+    await Promise.all(writes);
+    return;
+  }
+  if (onBun && parts.length > 1) {
+    let rest = parts.filter((p) => p.length > 0);
+    while (rest.length > 0) {
+      const n = fs.writevSync(fd, rest as Uint8Array[], position);
+      if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+      position += n;
+      let skip = n;
+      let i = 0;
+      while (i < rest.length && skip >= rest[i].length) skip -= rest[i++].length;
+      rest = rest.slice(i);
+      if (skip > 0) rest[0] = rest[0].subarray(skip);
+    }
+    return;
+  }
+  for (const part of parts) {
+    for (let done = 0; done < part.length;) {
+      const n = fs.writeSync(fd, part, done, part.length - done, position + done);
+      if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+      done += n;
+    }
+    position += part.length;
+  }
+}
+
+/** One asynchronous positional write of all of `bytes`. */
+async function writeAsyncAt(fd: number, bytes: Uint8Array, position: number): Promise<void> {
+  for (let done = 0; done < bytes.length;) {
+    const n = await new Promise<number>((resolve, reject) =>
+      fs.write(fd, bytes, done, bytes.length - done, position + done, (e, n) => e ? reject(e) : resolve(n))
+    );
+    if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+    done += n;
+  }
 }
 
 /** A partial file on a raw descriptor. */
@@ -120,43 +150,8 @@ class FdPartial implements PartialFile {
   constructor(fd: number) {
     this.fd = fd;
   }
-  async write(bytes: Uint8Array | readonly Uint8Array[], position: number): Promise<void> {
-    const parts = bytes instanceof Uint8Array ? [bytes] : bytes;
-    let length = 0;
-    for (const part of parts) length += part.length;
-    if (length <= SYNC_WRITE_MAX) {
-      for (const part of parts) {
-        for (let done = 0; done < part.length;) {
-          const n = fs.writeSync(this.fd, part, done, part.length - done, position + done);
-          if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
-          done += n;
-        }
-        position += part.length;
-      }
-      return;
-    }
-    const writes: Promise<void>[] = [];
-    for (const part of parts) {
-      writes.push(this.#writeAll(part, position));
-      position += part.length;
-    }
-    await Promise.all(writes);
-  }
-  async #writeAll(bytes: Uint8Array, position: number): Promise<void> {
-    for (let done = 0; done < bytes.length;) {
-      const n = await new Promise<number>((resolve, reject) =>
-        fs.write(
-          this.fd,
-          bytes,
-          done,
-          bytes.length - done,
-          position + done,
-          (e, n) => e ? reject(e) : resolve(n),
-        )
-      );
-      if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
-      done += n;
-    }
+  write(bytes: Uint8Array | readonly Uint8Array[], position: number): Promise<void> {
+    return writeAt(this.fd, bytes instanceof Uint8Array ? [bytes] : bytes, position);
   }
   sync(): Promise<void> {
     return new Promise((resolve, reject) => fs.fsync(this.fd, (e) => e ? reject(e) : resolve()));

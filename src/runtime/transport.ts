@@ -39,13 +39,16 @@ export interface Connection {
   readonly bytesWritten: number;
   /**
    * Optional, with {@linkcode bytesFlushed}: bytes passed to `write()` so far, counted as one
-   * outgoing stream (small frames joined into one write count as what they were).
+   * outgoing stream (small frames joined into one write count as what they were). A `write()` call
+   * counts as soon as it returns; one that rejects at once (the connection is closed) does not.
    */
   readonly bytesQueued?: number;
   /**
    * Optional. Every byte of the outgoing stream before this offset (see {@linkcode bytesQueued})
-   * has been handed to the OS: the transport holds no reference to the buffers they came from, so
-   * the writer may refill them. A writer that reuses buffers must check this; without it, it must not.
+   * has left the transport's hands: handed to the OS, or dropped because the connection failed. The
+   * transport holds no reference to the buffers they came from, so the writer may refill them. Never
+   * more than `bytesQueued`; after a close it may stop short of it for good. A writer that reuses
+   * buffers must check this; without it, it must not.
    */
   readonly bytesFlushed?: number;
   /** Bytes read from the socket so far. */

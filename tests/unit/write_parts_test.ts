@@ -1,7 +1,7 @@
 /**
  * A payload left in parts on its way to disk: Upload.write of a list of
- * parts (order, hash, the size and offset checks on the total), and
- * writeParts, which must finish after short writes on either runtime's path.
+ * parts (order, hash, the size and offset checks on the total), and the
+ * partial file's synchronous and asynchronous write paths.
  */
 import { afterEach, beforeEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
@@ -10,7 +10,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { FerryError } from "../../src/errors.ts";
-import { openPartial, writeParts } from "../../src/runtime/files.ts";
+import { handlePartial, openPartial } from "../../src/runtime/files.ts";
 import { type FileHeader, Inbox, type Upload } from "../../src/store/inbox.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -100,59 +100,6 @@ describe("Upload.write of parts", () => {
   });
 });
 
-/** A file handle that writes at most `max` bytes per call into `data`, recording each call. */
-function shortWriter(max: number) {
-  const data = new Uint8Array(4096);
-  const calls: string[] = [];
-  const copy = (bytes: Uint8Array, position: number) => {
-    const n = Math.min(max, bytes.length);
-    data.set(bytes.subarray(0, n), position);
-    return n;
-  };
-  const fh = {
-    write(buffer: Uint8Array, offset: number, length: number, position: number) {
-      calls.push("write");
-      return Promise.resolve({
-        bytesWritten: copy(buffer.subarray(offset, offset + length), position),
-        buffer,
-      });
-    },
-    writev(buffers: Uint8Array[], position: number) {
-      calls.push("writev");
-      let total = 0;
-      for (const b of buffers) {
-        const n = copy(b.subarray(0, max - total), position + total);
-        total += n;
-        if (total === max || n < b.length) break;
-      }
-      return Promise.resolve({ bytesWritten: total, buffers });
-    },
-  };
-  return { fh: fh as unknown as fs.FileHandle, data, calls };
-}
-
-describe("writeParts", () => {
-  it("finishes after short writes, every part at its place", async () => {
-    const bytes = bytesOf(1000, 3);
-    for (const max of [1, 7, 333, 5000]) {
-      for (const cuts of [[], [1], [10, 11, 500], [999]]) {
-        const { fh, data, calls } = shortWriter(max);
-        await writeParts(fh, split(bytes, cuts), 100);
-        assert.deepEqual(data.subarray(100, 1100), bytes, `max ${max}, cuts ${cuts}`);
-        assert.ok(data.subarray(0, 100).every((b) => b === 0), "nothing before the position");
-        assert.ok(data.subarray(1100).every((b) => b === 0), "nothing after the end");
-        assert.ok(calls.length >= Math.ceil(bytes.length / max));
-      }
-    }
-  });
-
-  it("fails instead of looping when the file accepts no bytes", async () => {
-    const { fh } = shortWriter(0);
-    await rejectsWith(writeParts(fh, split(bytesOf(10), [5]), 0), "IO_ERROR");
-    await rejectsWith(writeParts(fh, [bytesOf(10)], 0), "IO_ERROR");
-  });
-});
-
 describe("openPartial", () => {
   beforeEach(async () => {
     root = await fs.mkdtemp(path.join(os.tmpdir(), "ferry-partial-test-"));
@@ -162,19 +109,32 @@ describe("openPartial", () => {
   });
 
   it("writes small (synchronous) and large (asynchronous) payloads and parts at their place", async () => {
+    // Synchronous up to 128 KiB on Deno and 1 MiB on Bun; one part above both, one between.
     const file = path.join(root, "f.part");
-    const bytes = bytesOf(700_000, 5);
+    const bytes = bytesOf(1_900_000, 5);
     const pf = openPartial(file, "wx+");
     await pf.write(bytes.subarray(0, 10), 0);
     await pf.write(split(bytes.subarray(10, 100_000), [11, 50_000]), 10);
     await pf.write(split(bytes.subarray(100_000, 400_000), [100_001, 300_000]), 100_000);
-    await pf.write(bytes.subarray(400_000), 400_000);
-    await pf.write([], 700_000);
+    await pf.write(bytes.subarray(400_000, 700_000), 400_000);
+    await pf.write(split(bytes.subarray(700_000), [700_001, 1_800_000]), 700_000);
+    await pf.write([], 1_900_000);
     await pf.datasync();
     await pf.sync();
     await pf.close();
     await pf.close(); // a second close does nothing
     assert.deepEqual(new Uint8Array(await fs.readFile(file)), bytes);
     assert.throws(() => openPartial(file, "wx+"), (e: unknown) => (e as { code?: string }).code === "EEXIST");
+  });
+
+  it("handlePartial writes through the same paths on an open FileHandle", async () => {
+    const file = path.join(root, "g.part");
+    const bytes = bytesOf(1_300_000, 9);
+    const pf = handlePartial(await fs.open(file, "w+"));
+    await pf.write(split(bytes.subarray(0, 200_000), [1, 100_000]), 0);
+    await pf.write(bytes.subarray(200_000), 200_000);
+    await pf.sync();
+    await pf.close();
+    assert.deepEqual(new Uint8Array(await fs.readFile(file)), bytes);
   });
 });
