@@ -212,7 +212,11 @@ for (const [name, rt] of ADAPTERS) {
             await client.closeWrite();
           })();
           // Nothing is read until the writer has had to wait: the kernel's buffers are full by then.
-          while (!lagged) await new Promise((r) => setTimeout(r, 5));
+          let writerDone = false;
+          writing.finally(() => writerDone = true).catch(() => {});
+          while (!lagged && !writerDone) await new Promise((r) => setTimeout(r, 5));
+          if (!lagged) await writing; // a failed writer reports its own error
+          assert.ok(lagged, "the writer had to wait for the reader at least once");
           const got = await readAll(server);
           await writing;
           assert.equal(got.length, total);
