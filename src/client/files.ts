@@ -34,6 +34,31 @@ export interface LocalFile {
   data?: Uint8Array;
   /** `data` with room for the DATA frame header in front, to send the file as one frame buffer. */
   frame?: Uint8Array;
+  /**
+   * The reusable buffer `frame` is the start of, when `data` was read into one
+   * ({@linkcode readWholeFile} with a size limit): give it back with {@linkcode reuseWholeFileBuffer}
+   * once no socket holds it.
+   */
+  pooled?: Uint8Array;
+}
+
+/**
+ * Buffers of small files already sent, kept for the next small file that fits. A fresh buffer per
+ * file cost its zeroing and a page fault per 4 KiB page: measured on 2 vCPUs with 2,000 files of
+ * 64 KiB, about a quarter of the sender's CPU.
+ */
+const wholeFileBuffers: Uint8Array[] = [];
+/** At most 64 kept: 16 MiB with the default 256 KiB limit, more than a window of 32 files holds. */
+const WHOLE_FILE_BUFFERS_KEPT = 64;
+/** Kept buffers are sized in steps of 64 KiB, so files of similar sizes share them. */
+const WHOLE_FILE_BUFFER_STEP = 64 * 1024;
+
+/**
+ * Gives back a {@linkcode LocalFile.pooled} buffer for the next {@linkcode readWholeFile}: only once
+ * every byte of it was handed to the OS, since it will be overwritten.
+ */
+export function reuseWholeFileBuffer(buffer: Uint8Array): void {
+  if (wholeFileBuffers.length < WHOLE_FILE_BUFFERS_KEPT) wholeFileBuffers.push(buffer);
 }
 
 /** Domain separation of the source key: never equal to the SHA-256 of any content one would send. */
@@ -147,12 +172,17 @@ export function readWholeFile(item: Required<SendItem>, maxSize = Infinity): Pro
       if (!info.isFile()) throw new FerryError("IO_ERROR", `Cannot send ${item.path}: not a regular file`);
       if (info.size <= maxSize) {
         // Room for the DATA frame header in front (the file leaves as one buffer), and one byte more
-        // than the size: a file that grew since the stat is noticed. Not zeroed: only bytes read are used.
-        const buffer: Uint8Array = Buffer.allocUnsafeSlow(DATA_HEADER_SIZE + info.size + 1);
+        // than the size: a file that grew since the stat is noticed. Not zeroed: only bytes read are
+        // used. With a size limit, a kept buffer (see wholeFileBuffers).
+        const end = DATA_HEADER_SIZE + info.size + 1;
+        const pooled = Number.isFinite(maxSize)
+          ? takeWholeFileBuffer(end, DATA_HEADER_SIZE + maxSize + 1)
+          : undefined;
+        const buffer: Uint8Array = pooled ?? Buffer.allocUnsafeSlow(end);
         let got = 0;
         for (;;) {
           const at = DATA_HEADER_SIZE + got;
-          const bytesRead = readSync(fd, buffer, at, buffer.length - at, got);
+          const bytesRead = readSync(fd, buffer, at, end - at, got);
           if (bytesRead === 0) break;
           got += bytesRead;
           if (got === info.size + 1) break;
@@ -165,6 +195,7 @@ export function readWholeFile(item: Required<SendItem>, maxSize = Infinity): Pro
           ...identity(item, info),
           data,
           frame: buffer.subarray(0, DATA_HEADER_SIZE + got),
+          pooled,
           sha256: new Uint8Array(createHash("sha256").update(data).digest()),
         });
       }
@@ -176,6 +207,15 @@ export function readWholeFile(item: Required<SendItem>, maxSize = Infinity): Pro
   } catch (e) {
     return Promise.reject(e);
   }
+}
+
+/** A kept buffer of at least `need` bytes, else a new one: `need` rounded up to a step, at most `max`. */
+function takeWholeFileBuffer(need: number, max: number): Uint8Array {
+  for (let i = wholeFileBuffers.length - 1; i >= 0; i--) {
+    if (wholeFileBuffers[i].length >= need) return wholeFileBuffers.splice(i, 1)[0];
+  }
+  const size = Math.min(max, Math.ceil(need / WHOLE_FILE_BUFFER_STEP) * WHOLE_FILE_BUFFER_STEP);
+  return Buffer.allocUnsafeSlow(Math.max(need, size));
 }
 
 /**

@@ -32,6 +32,7 @@ import {
   type LocalFile,
   READ_CHUNK,
   readWholeFile,
+  reuseWholeFileBuffer,
   type SendItem,
   sourceKey,
   statFile,
@@ -191,6 +192,8 @@ interface Offered {
   digestAtEnd: boolean;
   /** With `digestAtEnd`: the SHA-256 computed while streaming, sent in END_DIGEST. */
   digest?: Uint8Array;
+  /** A small file sent as its one read buffer: the connection's `bytesQueued` at the end of that frame. */
+  wholeUntil?: number;
 }
 
 /**
@@ -277,7 +280,7 @@ export async function send(
 
   function fail(job: FileJob, error: FerryError): void {
     job.done = true;
-    if (job.file) job.file.data = job.file.frame = undefined;
+    if (job.file) job.file.data = job.file.frame = job.file.pooled = undefined;
     result.failures.push({ path: job.item.path, name: job.item.name, error });
     emit({ type: "error", name: job.item.name, code: error.code, message: error.message });
   }
@@ -707,6 +710,7 @@ class ClientSession {
           ? this.#channel.sendDataFrame(id, position, frame)
           : this.#channel.sendData(id, position, chunk);
         if (buffer) buffers.sent(buffer);
+        else if (frame) entry.wholeUntil = this.#conn.bytesQueued;
         // Hashed while the socket takes the same buffer: no copy, and the two overlap.
         hash?.update(chunk);
         await sending;
@@ -779,7 +783,15 @@ class ClientSession {
         const sha256 = toHex(m.sha256);
         entry.job.done = true;
         this.#progress.setSent(entry.job, file.size);
-        file.data = file.frame = undefined;
+        // The receiver has every byte, so only a transport that still holds the buffer keeps it from reuse.
+        const flushed = this.#conn.bytesFlushed;
+        if (
+          file.pooled && entry.wholeUntil !== undefined && flushed !== undefined &&
+          flushed >= entry.wholeUntil
+        ) {
+          reuseWholeFileBuffer(file.pooled);
+        }
+        file.data = file.frame = file.pooled = undefined;
         // Our own hash: from before the offer, or (DIGEST_AT_END) computed while streaming.
         const ours = entry.digestAtEnd ? entry.digest : file.sha256;
         if (ours === undefined || sha256 !== toHex(ours) || m.size !== file.size) {
