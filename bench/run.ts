@@ -321,7 +321,7 @@ function senderArgv(v: Variant, source: string, port: number): [string, string[]
 
 /** Times `send.ts SOURCE` against a fresh server; returns the sample. */
 async function ferrySend(v: Variant, source: string, inbox: string, expectFiles: number): Promise<Sample> {
-  await rm(inbox, { recursive: true, force: true });
+  await rm(inbox, { recursive: true, force: true }); // nothing there unless a case reuses its inbox
   const server = await startFerryServer(v, inbox);
   try {
     server.markCpu();
@@ -383,15 +383,18 @@ async function startRsyncd(work: string): Promise<Rsyncd> {
 
 const RSYNC_FSYNC = () => sh("rsync", ["--help"]).includes("--fsync");
 
-async function rsyncSend(d: Rsyncd, source: string, fsync: boolean): Promise<Sample> {
-  await rm(d.dir, { recursive: true, force: true });
-  await mkdir(d.dir);
+/** rsync into the module, or into a new folder `into` of it (created by the receiver). */
+async function rsyncSend(d: Rsyncd, source: string, fsync: boolean, into?: string): Promise<Sample> {
+  if (into === undefined) {
+    await rm(d.dir, { recursive: true, force: true });
+    await mkdir(d.dir);
+  }
   const r = await run("rsync", [
     "-a",
     "--whole-file",
     ...(fsync ? ["--fsync"] : []),
     source,
-    `rsync://127.0.0.1:${d.port}/mod/`,
+    `rsync://127.0.0.1:${d.port}/mod/${into === undefined ? "" : into + "/"}`,
   ]);
   return { ms: r.ms, senderRss: r.peakRss, senderCpuMs: r.cpuMs };
 }
@@ -419,6 +422,20 @@ async function socatPipe(source: string, out: string): Promise<{ ms: number; fsy
   // coreutils `sync FILE` fsyncs that file: the same durability ferry and rsync --fsync give.
   await run("sync", [out]);
   return { ms, fsyncMs: performance.now() - t0 };
+}
+
+/**
+ * Deletes a case's received copies once the case is done, never between its runs. On ext4 without a
+ * journal (this machine's root filesystem) creating a file skips every inode of its block group freed
+ * in the last 5 s, or in the last 5 min while that inode's table block is dirty, checking them one by
+ * one: after 2,000 deletions, creating 2,000 empty files in the same folder took 850 ms of kernel time
+ * against 42 ms in a clean group. Deleting each run's 2,000 copies before the next run made that the
+ * largest cost of (b) for every tool, rsync included, and its size depended on which tool ran after
+ * which. `sync` writes the freed inodes' blocks out, so the next case starts from clean blocks.
+ */
+async function deleteReceived(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+  execFileSync("sync");
 }
 
 function rotate<T>(xs: T[], n: number): T[] {
@@ -502,23 +519,25 @@ async function caseB(o: Options, tools: { rsync: boolean }): Promise<CaseResult>
     for (let i = 0; i < o.runs; i++) {
       for (const job of rotate(jobs, i)) {
         const v = o.variants.find((x) => x.name === job);
+        // Every run receives into a new folder and nothing is deleted until the case ends: see
+        // deleteReceived().
         if (!v) {
-          samples.rsync.push(await rsyncSend(rsyncd!, source, fsync));
-          const got = (await readdir(join(rsyncd!.dir, "many"))).length;
+          samples.rsync.push(await rsyncSend(rsyncd!, source, fsync, `run-${i}`));
+          const got = (await readdir(join(rsyncd!.dir, `run-${i}`, "many"))).length;
           if (got !== o.files) throw new Error(`rsync stored ${got} of ${o.files} files`);
         } else {
-          const inbox = join(dir, `inbox-${v.name}`);
+          const inbox = join(dir, `inbox-${v.name}-${i}`);
           samples[job].push(await ferrySend(v, source, inbox, o.files));
           const got = (await readdir(join(inbox, "many"))).length;
           if (got !== o.files) throw new Error(`${v.name} stored ${got} of ${o.files} files`);
-          await rm(inbox, { recursive: true, force: true });
         }
         log(`bench b: run ${i + 1}/${o.runs} ${job}: ${Math.round(samples[job].at(-1)!.ms)} ms`);
       }
     }
   } finally {
     await rsyncd?.stop();
-    await rm(dir, { recursive: true, force: true });
+    if (rsyncd) await rm(rsyncd.dir, { recursive: true, force: true });
+    await deleteReceived(dir);
   }
   return summarize("b", o.files * o.fileSize, o.files, samples, { rsyncFsync: fsync });
 }
@@ -541,6 +560,8 @@ async function caseC(o: Options): Promise<CaseResult> {
     for (const v of o.variants) samples[v.name] = [];
     for (let i = 0; i < o.runs; i++) {
       for (const v of rotate(o.variants, i)) {
+        // 200 files, each deleted after its run: too few freed inodes to matter (see deleteReceived()),
+        // where keeping every run's 800 MiB made later runs slower as the page cache filled.
         const inbox = join(dir, `inbox-${v.name}`);
         await rm(inbox, { recursive: true, force: true });
         const server = await startFerryServer(v, inbox);
