@@ -287,15 +287,16 @@ export class ImageSniffer {
       return;
     }
     let view: Uint8Array;
-    if (this.#have === 0 && bytes.length >= this.#limit) {
-      view = bytes.subarray(0, this.#limit); // the first chunk holds the whole head: no copy
-      this.#have = this.#limit;
+    if (this.#have === 0) {
+      // The first chunk is looked at where it is: it often decides alone (anything that is no image
+      // does, in its first 12 bytes), and a head is copied out only if more is needed.
+      view = bytes.subarray(0, this.#limit);
+      this.#have = view.length;
     } else {
-      this.#head ??= new Uint8Array(this.#limit);
       const n = Math.min(bytes.length, this.#limit - this.#have);
-      this.#head.set(bytes.subarray(0, n), this.#have);
+      this.#head!.set(bytes.subarray(0, n), this.#have);
       this.#have += n;
-      view = this.#head.subarray(0, this.#have);
+      view = this.#head!.subarray(0, this.#have);
     }
     try {
       if (await this.#decide(view)) this.#finish();
@@ -304,6 +305,11 @@ export class ImageSniffer {
       throw e;
     }
     if (this.#have >= this.#limit) this.#finish();
+    else if (!this.#done && this.#head === undefined) {
+      // Undecided after the first chunk: keep its bytes, since the socket reuses the chunk.
+      this.#head = new Uint8Array(this.#limit);
+      this.#head.set(view);
+    }
   }
 
   /** True when the head has said all it can. */

@@ -327,6 +327,15 @@ describe("early check of an upload's first bytes", () => {
     assert.equal(sniffer.done, true);
   });
 
+  test("an undecided first chunk is kept as a copy: the socket reuses its buffer", async () => {
+    const chunk = bombHead.slice(0, 10);
+    const sniffer = new ImageSniffer("bomb.png", 50_000_000, {});
+    await sniffer.push(chunk, 0);
+    assert.equal(sniffer.done, false);
+    chunk.fill(0); // the transport's next read lands in the same buffer
+    await refused(() => sniffer.push(bombHead.subarray(10), 10), "TOO_MANY_PIXELS");
+  });
+
   test("awkward splits of a valid JPEG decide without refusing", async () => {
     const j = jpeg(40, 30, { exif: EXIF });
     for (const split of [[1], [2, 1], [3, 3, 3], [21, 1000], [j.length]]) {
