@@ -507,6 +507,7 @@ export class Inbox {
     }
     busyKeys.add(lock);
     let handle: PartialFile | undefined;
+    let createdPartial = false;
     try {
       // With a digest at the end, the hash is not known yet: duplicates are found by finish().
       const dup = h.digestAtEnd ? undefined : this.#findDuplicate(h.name, h.sha256);
@@ -533,21 +534,26 @@ export class Inbox {
       }
       const partPath = path.join(this.#partialDir, key + ".part");
       const sidecarPath = path.join(this.#partialDir, key + ".json");
-      // Most files are new: one cheap check instead of a failed read of a sidecar that is not there.
-      const sidecarOnDisk = fss.existsSync(sidecarPath);
       let offset = 0;
       let hash = createHash("sha256");
-      if (h.resume && sidecarOnDisk) {
-        const resumed = await tryResume(partPath, sidecarPath, h);
-        if (resumed) {
-          ({ handle, hash, offset } = resumed);
-        }
-      }
-      // A sidecar left from an earlier partial that is not resumed must not outlive it: after a crash it
-      // would claim bytes of the new partial durable before any were fsynced.
-      if (sidecarOnDisk && offset === 0) fss.rmSync(sidecarPath, { force: true });
-      await this.#checkFreeSpace(h.size - offset, shownName);
+      // Most files are new, and a partial created here exclusively did not exist, so neither does a
+      // sidecar (one is written only next to its partial, and deleted before it): no lookup of it.
       // Synchronous: see openPartial() for why not off the main thread or ahead of need.
+      handle = createPartialIfNew(partPath);
+      createdPartial = handle !== undefined;
+      if (!createdPartial) {
+        const sidecarOnDisk = fss.existsSync(sidecarPath);
+        if (h.resume && sidecarOnDisk) {
+          const resumed = await tryResume(partPath, sidecarPath, h);
+          if (resumed) {
+            ({ handle, hash, offset } = resumed);
+          }
+        }
+        // A sidecar left from an earlier partial that is not resumed must not outlive it: after a
+        // crash it would claim bytes of the new partial durable before any were fsynced.
+        if (sidecarOnDisk && offset === 0) fss.rmSync(sidecarPath, { force: true });
+      }
+      await this.#checkFreeSpace(h.size - offset, shownName);
       handle ??= openPartial(partPath, "w+");
       const upload = new Upload({
         header: h,
@@ -570,6 +576,8 @@ export class Inbox {
       return { kind: "upload", upload };
     } catch (e) {
       await handle?.close().catch(() => {});
+      // Refused (e.g. DISK_FULL) after its partial was created: nothing of it stays behind.
+      if (createdPartial) await rmForce(path.join(this.#partialDir, key + ".part")).catch(() => {});
       busyKeys.delete(lock);
       throw ioError(`accept "${shownName}"`, e);
     }
@@ -762,7 +770,9 @@ export class Inbox {
         const sidecar = await readSidecar(full);
         let updated = sidecar ? Date.parse(sidecar.updatedAt) : NaN;
         if (!Number.isFinite(updated)) updated = (await lstatOrUndefined(full))?.mtimeMs ?? 0;
-        if (!sidecar || now - updated >= ttl) doomed.add(key);
+        // Without its partial (a crash between the two deletes of an older version) it is doomed too:
+        // begin() relies on a sidecar never being there without its partial.
+        if (!sidecar || now - updated >= ttl || !present.has(key + ".part")) doomed.add(key);
       } else if (entry.endsWith(".part") && !present.has(key + ".json")) {
         // A partial without a sidecar cannot be resumed: nothing says which bytes are durable.
         if (atOpen || now - ((await lstatOrUndefined(full))?.mtimeMs ?? 0) >= ttl) doomed.add(key);
@@ -773,9 +783,9 @@ export class Inbox {
     for (const key of doomed) {
       // Checked again right before deleting: a begin() may have resumed it during the awaits above.
       if (busyKeys.has(this.#realDir + "\0" + key)) continue;
-      await rmForce(path.join(this.#partialDir, key + ".part"));
       await rmForce(path.join(this.#partialDir, key + ".json"));
       await rmForce(path.join(this.#partialDir, key + ".json.tmp"));
+      await rmForce(path.join(this.#partialDir, key + ".part"));
     }
     return doomed.size;
   }
@@ -1194,10 +1204,15 @@ export class Upload {
         await this.#handle.sync();
         this.#closed = true;
         await this.#handle.close();
+        // Deleted before the partial (as everywhere): a sidecar on disk always has its partial beside
+        // it, which lets begin() skip looking for one. A file that arrived whole before its first
+        // checkpoint never had one.
+        if (this.#sidecarOnDisk) {
+          rmForceSync(this.#sidecarPath);
+          this.#sidecarOnDisk = false;
+        }
         const receipt = await this.#commit(this.#partPath, header, image);
         this.#settled = true;
-        // A file that arrived whole before its first checkpoint never had a sidecar.
-        if (this.#sidecarOnDisk) rmForceSync(this.#sidecarPath);
         this.#release();
         return receipt;
       } catch (e) {
@@ -1259,8 +1274,9 @@ export class Upload {
       await this.#handle.close().catch(() => {});
     }
     try {
-      await rmForce(this.#partPath);
+      // The sidecar first: one never outlives its partial (see finish()).
       if (this.#sidecarOnDisk) await rmForce(this.#sidecarPath);
+      await rmForce(this.#partPath);
     } finally {
       this.#release();
     }
@@ -1517,6 +1533,16 @@ async function tryResume(
     return { handle: handlePartial(handle), hash, offset: s.durableOffset };
   } catch (e) {
     await handle.close().catch(() => {});
+    throw e;
+  }
+}
+
+/** Creates `partPath` with `O_EXCL`; undefined if it exists already. */
+function createPartialIfNew(partPath: string): PartialFile | undefined {
+  try {
+    return openPartial(partPath, "wx+");
+  } catch (e) {
+    if (errno(e) === "EEXIST") return undefined;
     throw e;
   }
 }

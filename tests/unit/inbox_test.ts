@@ -834,6 +834,35 @@ describe("Inbox maintenance", () => {
     await restarted.discard();
   });
 
+  it("a sidecar never outlives its partial: open() deletes one left alone, and a new upload starts at 0", async () => {
+    let inbox = await open();
+    const bytes = bytesOf(2000);
+    const kept = await expectUpload(inbox, headerFor("kept.bin", bytes, { resume: true }));
+    await kept.write(bytes.subarray(0, 1000), 0);
+    await kept.suspend();
+    const pdir = path.join(dir, ".ferry", "partial");
+    const [sidecar] = (await fs.readdir(pdir)).filter((f) => f.endsWith(".json"));
+    const key = sidecar.slice(0, -".json".length);
+    // What a crash between the two deletes of an older version left: a fresh sidecar, no partial.
+    await fs.rm(path.join(pdir, key + ".part"));
+    inbox = await open();
+    assert.deepEqual(await fs.readdir(pdir), []);
+    const again = await expectUpload(inbox, headerFor("kept.bin", bytes, { resume: true }));
+    assert.equal(again.offset, 0);
+    await again.write(bytes, 0);
+    await again.finish();
+    assert.deepEqual(await fs.readdir(pdir), []);
+    // A discarded upload takes its sidecar and its partial with it.
+    const gone = await expectUpload(inbox, headerFor("gone.bin", bytes, { resume: true }));
+    await gone.write(bytes.subarray(0, 1000), 0);
+    await gone.suspend();
+    const back = await expectUpload(inbox, headerFor("gone.bin", bytes, { resume: true }));
+    assert.equal(back.offset, 1000);
+    await back.discard();
+    assert.deepEqual(await fs.readdir(pdir), []);
+    await inbox.close();
+  });
+
   it("sweep() deletes stale partials, skips open uploads, returns the count", async () => {
     const inbox = await open({ partialTtlMs: 0 });
     const bytes = bytesOf(100);
