@@ -48,9 +48,10 @@ export interface LocalFile {
  * 64 KiB, about a quarter of the sender's CPU.
  */
 const wholeFileBuffers: Uint8Array[] = [];
-/** At most 64 kept: 16 MiB with the default 256 KiB limit, more than a window of 32 files holds. */
-const WHOLE_FILE_BUFFERS_KEPT = 64;
-/** Kept buffers are sized in steps of 64 KiB, so files of similar sizes share them. */
+/** Bytes kept at most: 64 buffers of the default 256 KiB limit, more than a window of 32 files holds. */
+const WHOLE_FILE_BUFFERS_KEPT_BYTES = 16 * 1024 * 1024;
+let wholeFileBytesKept = 0;
+/** Kept buffers hold files in steps of 64 KiB, so files of similar sizes share them. */
 const WHOLE_FILE_BUFFER_STEP = 64 * 1024;
 
 /**
@@ -58,7 +59,9 @@ const WHOLE_FILE_BUFFER_STEP = 64 * 1024;
  * every byte of it was handed to the OS, since it will be overwritten.
  */
 export function reuseWholeFileBuffer(buffer: Uint8Array): void {
-  if (wholeFileBuffers.length < WHOLE_FILE_BUFFERS_KEPT) wholeFileBuffers.push(buffer);
+  if (wholeFileBytesKept + buffer.length > WHOLE_FILE_BUFFERS_KEPT_BYTES) return;
+  wholeFileBuffers.push(buffer);
+  wholeFileBytesKept += buffer.length;
 }
 
 /** Domain separation of the source key: never equal to the SHA-256 of any content one would send. */
@@ -212,9 +215,19 @@ export function readWholeFile(item: Required<SendItem>, maxSize = Infinity): Pro
 /** A kept buffer of at least `need` bytes, else a new one: `need` rounded up to a step, at most `max`. */
 function takeWholeFileBuffer(need: number, max: number): Uint8Array {
   for (let i = wholeFileBuffers.length - 1; i >= 0; i--) {
-    if (wholeFileBuffers[i].length >= need) return wholeFileBuffers.splice(i, 1)[0];
+    if (wholeFileBuffers[i].length >= need) {
+      const [kept] = wholeFileBuffers.splice(i, 1);
+      wholeFileBytesKept -= kept.length;
+      return kept;
+    }
   }
-  const size = Math.min(max, Math.ceil(need / WHOLE_FILE_BUFFER_STEP) * WHOLE_FILE_BUFFER_STEP);
+  // The file's bytes rounded up to a step, plus the header room and the extra byte: 64 KiB files fit
+  // in 64 KiB + 10 bytes, not 128 KiB.
+  const room = DATA_HEADER_SIZE + 1;
+  const size = Math.min(
+    max,
+    Math.ceil((need - room) / WHOLE_FILE_BUFFER_STEP) * WHOLE_FILE_BUFFER_STEP + room,
+  );
   return Buffer.allocUnsafeSlow(Math.max(need, size));
 }
 

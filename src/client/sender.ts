@@ -783,14 +783,14 @@ class ClientSession {
         const sha256 = toHex(m.sha256);
         entry.job.done = true;
         this.#progress.setSent(entry.job, file.size);
-        // The receiver has every byte, so only a transport that still holds the buffer keeps it from reuse.
+        // The receiver has every byte, so only a transport that still holds the buffer keeps it from
+        // reuse; a buffer never sent (an empty file, a duplicate: `frame` is cleared once sent) no
+        // transport ever held.
         const flushed = this.#conn.bytesFlushed;
-        if (
-          file.pooled && entry.wholeUntil !== undefined && flushed !== undefined &&
-          flushed >= entry.wholeUntil
-        ) {
-          reuseWholeFileBuffer(file.pooled);
-        }
+        const neverSent = file.frame !== undefined;
+        const sentAndFlushed = entry.wholeUntil !== undefined && flushed !== undefined &&
+          flushed >= entry.wholeUntil;
+        if (file.pooled && (neverSent || sentAndFlushed)) reuseWholeFileBuffer(file.pooled);
         file.data = file.frame = file.pooled = undefined;
         // Our own hash: from before the offer, or (DIGEST_AT_END) computed while streaming.
         const ours = entry.digestAtEnd ? entry.digest : file.sha256;

@@ -281,7 +281,7 @@ export class ImageSniffer {
 
   /** Feeds the bytes of a DATA frame at `offset`; throws `FerryError` to refuse the file. */
   async push(bytes: Uint8Array, offset: number): Promise<void> {
-    if (this.#done) return;
+    if (this.#done || bytes.length === 0) return;
     if (offset !== this.#have) {
       this.#done = true; // not contiguous from 0: leave it to the full check
       return;

@@ -783,9 +783,11 @@ export class Inbox {
     for (const key of doomed) {
       // Checked again right before deleting: a begin() may have resumed it during the awaits above.
       if (busyKeys.has(this.#realDir + "\0" + key)) continue;
-      await rmForce(path.join(this.#partialDir, key + ".json"));
-      await rmForce(path.join(this.#partialDir, key + ".json.tmp"));
-      await rmForce(path.join(this.#partialDir, key + ".part"));
+      // Synchronous, in one turn: a begin() of the same key cannot start between the check and the
+      // deletes (it would find the old partial, then lose it to an unlink landing afterwards).
+      rmForceSync(path.join(this.#partialDir, key + ".json"));
+      rmForceSync(path.join(this.#partialDir, key + ".json.tmp"));
+      rmForceSync(path.join(this.#partialDir, key + ".part"));
     }
     return doomed.size;
   }

@@ -334,6 +334,11 @@ describe("early check of an upload's first bytes", () => {
     assert.equal(sniffer.done, false);
     chunk.fill(0); // the transport's next read lands in the same buffer
     await refused(() => sniffer.push(bombHead.subarray(10), 10), "TOO_MANY_PIXELS");
+    // An empty push first changes nothing.
+    const late = new ImageSniffer("bomb.png", 50_000_000, {});
+    await late.push(new Uint8Array(0), 0);
+    await late.push(bombHead.slice(0, 10), 0);
+    await refused(() => late.push(bombHead.subarray(10), 10), "TOO_MANY_PIXELS");
   });
 
   test("awkward splits of a valid JPEG decide without refusing", async () => {
