@@ -48,9 +48,11 @@ const LINGER_MS = 2_000;
 /**
  * Files whose END was read and that are being finished (fsync, place, RECEIPT) while later frames are
  * read. They finish concurrently, so their directory and receipt-index fsyncs are group-committed;
- * their answers (RECEIPT or ERROR) still go out in the order their ENDs arrived.
+ * their answers (RECEIPT or ERROR) still go out in the order their ENDs arrived. As many as a sender's
+ * default window: at 16, a connection sending many small files stopped reading whenever 16 of them
+ * waited on fsyncs (2,000 × 64 KiB took 9–12 % longer, 4 interleaved runs per runtime).
  */
-const MAX_FINISHING = 16;
+const MAX_FINISHING = 32;
 
 /** Server side of one connection. */
 export class Session {
