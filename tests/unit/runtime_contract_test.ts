@@ -191,6 +191,8 @@ for (const [name, rt] of ADAPTERS) {
           const ring: Array<{ buffer: Uint8Array; until: number }> = [];
           let refilled = 0;
           let lagged = false;
+          let markLagged!: () => void;
+          const laggedOnce = new Promise<void>((resolve) => markLagged = resolve);
           const writing = (async () => {
             for (let i = 0, at = 0; at < total; i++) {
               const oldest = ring[0];
@@ -205,17 +207,18 @@ for (const [name, rt] of ADAPTERS) {
               const written = client.write(part);
               ring.push({ buffer, until: client.bytesQueued! });
               assert.ok(client.bytesFlushed! <= client.bytesQueued!);
-              if (client.bytesFlushed! < client.bytesQueued! - size) lagged = true;
+              if (client.bytesFlushed! < client.bytesQueued! - size) {
+                lagged = true;
+                markLagged();
+              }
               await written;
               at += part.length;
             }
             await client.closeWrite();
           })();
           // Nothing is read until the writer has had to wait: the kernel's buffers are full by then.
-          let writerDone = false;
-          writing.finally(() => writerDone = true).catch(() => {});
-          while (!lagged && !writerDone) await new Promise((r) => setTimeout(r, 5));
-          if (!lagged) await writing; // a failed writer reports its own error
+          // Waits for the writer to lag, or to end without lagging (a failed writer reports its own error).
+          await Promise.race([laggedOnce, writing]);
           assert.ok(lagged, "the writer had to wait for the reader at least once");
           const got = await readAll(server);
           await writing;
