@@ -35,6 +35,8 @@ Options:
   --partial-ttl DUR           Delete unfinished partial files after this long (default 24h)
   --sync-every SIZE           fsync a partial file every SIZE bytes, in the background; a crash
                               loses at most 2 x SIZE of an upload, which the sender resends (default 32M)
+  --flush-ahead SIZE          Start writing a partial file to disk every SIZE bytes, in the background,
+                              so storing it has little left to write; 0 = off (default 1M)
   --max-message-size SIZE     Largest text message (default 64K)
   --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)
@@ -89,6 +91,7 @@ export async function parseServeArgs(
       "min-free": { type: "string" },
       "partial-ttl": { type: "string" },
       "sync-every": { type: "string" },
+      "flush-ahead": { type: "string" },
       "max-message-size": { type: "string" },
       "max-open-files": { type: "string" },
       "heartbeat-interval": { type: "string" },
@@ -154,6 +157,7 @@ export async function parseServeArgs(
     o.syncEveryBytes = parseSize(size("sync-every")!, "--sync-every");
     if (o.syncEveryBytes < 1) throw new TypeError("Invalid value for --sync-every: must be at least 1 byte");
   }
+  if (size("flush-ahead")) o.flushAheadBytes = parseSize(size("flush-ahead")!, "--flush-ahead");
   if (size("heartbeat-interval")) {
     o.heartbeatIntervalMs = parseDuration(size("heartbeat-interval")!, "--heartbeat-interval");
   }

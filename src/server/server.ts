@@ -9,7 +9,13 @@ import { Emitter } from "../events.ts";
 import { DEFAULT_MAX_FRAME_SIZE, MAX_FRAME_SIZE_CEILING } from "../framing/frame.ts";
 import { defaultRuntime } from "../runtime/select.ts";
 import type { Listener, Runtime, TlsServerOptions } from "../runtime/transport.ts";
-import { type CollisionPolicy, DEFAULT_SYNC_EVERY_BYTES, Inbox, type Receipt } from "../store/inbox.ts";
+import {
+  type CollisionPolicy,
+  DEFAULT_FLUSH_AHEAD_BYTES,
+  DEFAULT_SYNC_EVERY_BYTES,
+  Inbox,
+  type Receipt,
+} from "../store/inbox.ts";
 import { AuthGate } from "./auth.ts";
 import { type DashboardHandle, type DashboardOptions, startDashboard } from "../http/dashboard.ts";
 import { DEFAULT_MAX_PIXELS, inspectFile } from "../images/inspect.ts";
@@ -67,6 +73,12 @@ export interface ServerOptions {
    * an upload is ever not durable. Default 32 MiB ({@linkcode DEFAULT_SYNC_EVERY_BYTES}).
    */
   syncEveryBytes?: number;
+  /**
+   * Start a background fdatasync of a partial every this many bytes, which nothing waits for, so its
+   * data reaches the disk while the rest arrives; 0 = off. Default 1 MiB
+   * ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
+   */
+  flushAheadBytes?: number;
   /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
   runtime?: Runtime;
   /**
@@ -140,6 +152,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
     tls: options.tls,
     graceMs: options.graceMs ?? 10_000,
     syncEveryBytes: options.syncEveryBytes ?? DEFAULT_SYNC_EVERY_BYTES,
+    flushAheadBytes: options.flushAheadBytes ?? DEFAULT_FLUSH_AHEAD_BYTES,
     imagesOnly: options.imagesOnly ?? false,
     hashFirst: options.hashFirst ?? false,
     maxPixels: options.maxPixels ?? DEFAULT_MAX_PIXELS,
@@ -171,7 +184,16 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
       throw new RangeError(`Cannot serve: ${key} must be positive`);
     }
   }
-  for (const key of ["maxFileSize", "minFreeBytes", "partialTtlMs", "graceMs", "maxPixels"] as const) {
+  for (
+    const key of [
+      "maxFileSize",
+      "minFreeBytes",
+      "partialTtlMs",
+      "graceMs",
+      "maxPixels",
+      "flushAheadBytes",
+    ] as const
+  ) {
     if (!(Number.isFinite(o[key]) && o[key] >= 0)) {
       throw new RangeError(`Cannot serve: ${key} must not be negative`);
     }
@@ -204,6 +226,7 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
     inspect: (tempPath, header) =>
       inspectFile(tempPath, header.name, { imagesOnly: o.imagesOnly, maxPixels: o.maxPixels }),
     syncEveryBytes: o.syncEveryBytes,
+    flushAheadBytes: o.flushAheadBytes,
   });
   const events = new Emitter<ServerEvents>();
   const sessions = new Set<Session>();

@@ -93,6 +93,7 @@ describe(`command lines (current runtime ${CURRENT_RUNTIME})`, () => {
       ["server.ts", ["--on-collision", "maybe", "--dir", join(tmp.path, "x")], /--on-collision/],
       ["server.ts", ["--bogus", "--dir", join(tmp.path, "x")], /bogus/],
       ["server.ts", ["--min-free", "lots", "--dir", join(tmp.path, "x")], /--min-free/],
+      ["server.ts", ["--flush-ahead", "soon", "--dir", join(tmp.path, "x")], /--flush-ahead/],
     ];
     for (const [i, [script, args, message]] of cases.entries()) {
       const r = await runScript(i % 2 ? OTHER_RUNTIME : CURRENT_RUNTIME, script, args, { timeoutMs: 15_000 });

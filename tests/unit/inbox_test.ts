@@ -4,6 +4,9 @@ import * as fs from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { rmSync, writeFileSync } from "node:fs";
+import process from "node:process";
 import { FerryError } from "../../src/errors.ts";
 import { type FileHeader, Inbox, type InboxOptions, type Receipt, Upload } from "../../src/store/inbox.ts";
 
@@ -87,6 +90,29 @@ async function visible(): Promise<string[]> {
 }
 
 const partials = () => fs.readdir(path.join(dir, ".ferry", "partial"));
+
+/** A file's extents from `filefrag -v` (FIEMAP): ext4 flags data not yet written to disk `delalloc`. */
+function fileExtents(file: string): { offset: number; flags: string[] }[] {
+  const out = execFileSync("filefrag", ["-v", file], { encoding: "utf8" });
+  return [...out.matchAll(/^\s*\d+:\s+(\d+)\.\.\s*\d+:.*?:\s*\d*:\s*(\S*)\s*$/gm)].map((m) => ({
+    offset: Number(m[1]),
+    flags: m[2].split(","),
+  }));
+}
+
+/** Why the flush-ahead test cannot run here: it needs filefrag and a filesystem that reports delalloc. */
+const DELALLOC_SKIP = (() => {
+  const probe = path.join(os.tmpdir(), `ferry-delalloc-probe-${process.pid}`);
+  try {
+    writeFileSync(probe, new Uint8Array(64 * 1024).fill(1));
+    const flags = fileExtents(probe).flatMap((e) => e.flags);
+    return flags.includes("delalloc") ? false : "the temp filesystem does not report delayed allocation";
+  } catch (e) {
+    return `filefrag -v failed: ${(e as Error).message}`;
+  } finally {
+    rmSync(probe, { force: true });
+  }
+})();
 const read = (rel: string) => fs.readFile(path.join(dir, rel));
 
 /** Gives every test of the enclosing describe() a fresh temp root, removed afterwards. */
@@ -622,6 +648,28 @@ describe("Inbox resume", () => {
     assert.equal(sidecar.sha256, sha256(bytes));
     await up.discard();
     assert.deepEqual(await partials(), []);
+  });
+
+  it("flush-ahead gets a partial's data to disk before it is stored, and records nothing", {
+    skip: DELALLOC_SKIP,
+  }, async () => {
+    // Writes 512 KiB, waits for any background sync, and tells whether some of it is still only in the
+    // page cache (a delalloc extent).
+    const cachedOnly = async (flushAheadBytes: number) => {
+      const inbox = await open({ flushAheadBytes, syncEveryBytes: 1 << 30 });
+      const bytes = bytesOf(1 << 20, 9);
+      const up = await expectUpload(inbox, resumeHeader(bytes));
+      await up.write(bytes.subarray(0, 512 * 1024), 0);
+      await up.checkpointed();
+      const names = await partials();
+      // A flush is not a checkpoint: no sidecar, so the durable offset stays 0.
+      assert.deepEqual(names.filter((n) => n.endsWith(".json")), []);
+      const extents = fileExtents(path.join(dir, ".ferry", "partial", names[0]));
+      await up.discard();
+      return extents.some((e) => e.flags.includes("delalloc"));
+    };
+    assert.equal(await cachedOnly(0), true, "without flush-ahead the data waits in the page cache");
+    assert.equal(await cachedOnly(256 * 1024), false, "with flush-ahead it is on disk");
   });
 
   it("restarts at 0 when mtime or hash changed, or resume is off", async () => {
