@@ -161,7 +161,8 @@ export function renderMarkdown(r: BenchResults): string {
     }
     for (const [tool, t] of Object.entries(c.tools)) {
       if (c.id === "c") {
-        const at = a?.tools[tool];
+        // "ferry-deno ×4" compares with (a)'s "ferry-deno".
+        const at = a?.tools[tool.replace(/ ×\d+$/, "")];
         const share = at ? `${Math.round(((c.bytes / t.medianMs) / (a!.bytes / at.medianMs)) * 100)}%` : "–";
         lines.push(
           `| ${tool} | ${sec(t.medianMs)} s | ${mibs(c.bytes, t.medianMs)} | ${share} | ${

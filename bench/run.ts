@@ -59,7 +59,8 @@ Options:
   --file-size SIZE    Case b file size (default 64K)
   --clients N         Case c concurrent senders (default 200)
   --client-size SIZE  Case c bytes per sender (default 4M)
-  --workers N         Case c worker processes the senders are spread over (default 4)
+  --workers LIST      Case c: how many processes the senders are spread over, one row per entry;
+                      the first is the one the (c) target reads (default 1,4)
   --only LIST         Cases to run, e.g. a,b (default a,b,c,d)
   --runtimes LIST     deno,bun (default both)
   --io-paths          Also run ferry on Deno with the socket path the default does not use
@@ -80,7 +81,7 @@ interface Options {
   fileSize: number;
   clients: number;
   clientSize: number;
-  workers: number;
+  workers: number[];
   only: Set<string>;
   runtimes: Rt[];
   variants: Variant[];
@@ -135,7 +136,7 @@ function parseOptions(argv: string[]): Options | undefined {
     fileSize: parseSize(values["file-size"] ?? "64K", "--file-size"),
     clients: values.clients ? parseCount(values.clients, "--clients", 1) : q ? 20 : 200,
     clientSize: parseSize(values["client-size"] ?? (q ? "1M" : "4M"), "--client-size"),
-    workers: values.workers ? parseCount(values.workers, "--workers", 1) : q ? 2 : 4,
+    workers: (values.workers ?? (q ? "1,2" : "1,4")).split(",").map((w) => parseCount(w, "--workers", 1)),
     only,
     runtimes,
     variants: [
@@ -553,13 +554,23 @@ async function caseC(o: Options): Promise<CaseResult> {
     await randomFile(f, o.clientSize);
     files.push(f);
   }
-  const workers = Math.min(o.workers, o.clients);
-  const slices = Array.from({ length: workers }, (_, w) => files.filter((_, i) => i % workers === w));
+  // One row per variant and process count: "ferry-deno" for the first count, "ferry-deno ×4" for others.
+  const rows = o.workers.flatMap((w, k) =>
+    o.variants.map((v) => {
+      const workers = Math.min(w, o.clients);
+      const name = k === 0 ? v.name : `${v.name} ×${workers}`;
+      return {
+        ...v,
+        name,
+        slices: Array.from({ length: workers }, (_, j) => files.filter((_, i) => i % workers === j)),
+      };
+    })
+  );
   const samples: Record<string, Sample[]> = {};
   try {
-    for (const v of o.variants) samples[v.name] = [];
+    for (const v of rows) samples[v.name] = [];
     for (let i = 0; i < o.runs; i++) {
-      for (const v of rotate(o.variants, i)) {
+      for (const v of rotate(rows, i)) {
         // 200 files, each deleted after its run: too few freed inodes to matter (see deleteReceived()),
         // where keeping every run's 800 MiB made later runs slower as the page cache filled.
         const inbox = join(dir, `inbox-${v.name}`);
@@ -570,7 +581,7 @@ async function caseC(o: Options): Promise<CaseResult> {
           const flags = v.io ? [`--io=${v.io}`] : [];
           server.markCpu();
           const t0 = performance.now();
-          const procs = slices.map((slice) =>
+          const procs = v.slices.map((slice) =>
             start(cmd, [...args, ...flags, `127.0.0.1:${server.port}`, ...slice])
           );
           const exits = await Promise.all(procs.map((p) => p.exited));
@@ -601,7 +612,7 @@ async function caseC(o: Options): Promise<CaseResult> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-  return summarize("c", o.clients * o.clientSize, o.clients, samples, { workers });
+  return summarize("c", o.clients * o.clientSize, o.clients, samples, { workers: o.workers });
 }
 
 async function caseD(o: Options): Promise<CaseResult> {
