@@ -32,7 +32,8 @@ Options:
   --retries N            Reconnect attempts in a row that make no progress before giving up
                          (default 8; 0 = no resume)
   --chunk-size SIZE      Bytes per data frame (default 256K)
-  --window N             File headers sent ahead, for many small files (default 32)
+  --window N             File headers sent ahead, for many small files (default 32); fewer if the
+                         server refuses files beyond its open-file limit (SERVER_BUSY)
   --hash-first           Hash each file completely before sending any of it, and declare the
                          SHA-256 in its header. A file the server already has is then skipped
                          before a byte moves, but a large file costs a full extra read (about

@@ -192,6 +192,8 @@ interface Offered {
   digestAtEnd: boolean;
   /** With `digestAtEnd`: the SHA-256 computed while streaming, sent in END_DIGEST. */
   digest?: Uint8Array;
+  /** The server answered ACCEPT: it holds the file open until its RECEIPT or ERROR. */
+  accepted?: boolean;
   /** A small file sent as its one read buffer: the connection's `bytesQueued` at the end of that frame. */
   wholeUntil?: number;
 }
@@ -422,6 +424,15 @@ class ClientSession {
   #nextId = 1;
   /** A file the server asked us to offer again later (FILE_BUSY, SHUTTING_DOWN). */
   #retryLater?: FerryError;
+  /**
+   * Files offered and not yet answered that the server takes at once on this connection (its
+   * `--max-open-files`), learnt from a per-file SERVER_BUSY: the files it held open right then.
+   */
+  #openLimit = Infinity;
+  /** Files refused with SERVER_BUSY, offered again on this connection once others are answered. */
+  #refused: FileJob[] = [];
+  /** Resolved when an offered file is answered (RECEIPT or ERROR), so another may be offered. */
+  #answered = deferred<void>();
 
   constructor(
     conn: Connection,
@@ -525,8 +536,13 @@ class ClientSession {
     const window = Math.max(1, this.#o.window ?? 32);
     const entries: Offered[] = [];
     let headersSent = 0;
-    const sendHeadersUpTo = async (n: number) => {
+    const sendHeadersUpTo = async (streaming: number, n: number) => {
       for (; headersSent < Math.min(n, todo.length); headersSent++) {
+        while (this.#answers.size >= this.#openLimit) {
+          // Offered files not streamed yet go first; more offers wait until the server answers one.
+          if (headersSent > streaming) return;
+          await this.#answered.promise;
+        }
         const job = todo[headersSent];
         const id = this.#nextId++;
         const entry: Offered = {
@@ -561,8 +577,11 @@ class ClientSession {
         });
       }
     };
-    for (let i = 0; i < todo.length; i++) {
-      await sendHeadersUpTo(i + window);
+    for (let i = 0; i < todo.length || this.#refused.length > 0; i++) {
+      // A refused file's answer came before the loop got to it (answers are awaited in order).
+      todo.push(...this.#refused.splice(0));
+      if (i >= todo.length) break;
+      await sendHeadersUpTo(i, i + window);
       const entry = entries[i];
       const answer = await entry.answer.promise;
       if (answer.kind === "accept") {
@@ -753,6 +772,12 @@ class ClientSession {
     }
   }
 
+  /** An offered file was answered: a sender waiting under the open-file limit may offer another. */
+  #wakeOffers(): void {
+    this.#answered.resolve();
+    this.#answered = deferred<void>();
+  }
+
   async #readLoop(): Promise<void> {
     try {
       for (;;) {
@@ -771,6 +796,7 @@ class ClientSession {
     switch (m.kind) {
       case "accept": {
         const entry = this.#answers.get(m.id);
+        if (entry) entry.accepted = true;
         if (entry && m.offset > entry.job.accepted) entry.job.accepted = m.offset;
         entry?.answer.resolve({ kind: "accept", offset: m.offset });
         return;
@@ -779,6 +805,7 @@ class ClientSession {
         const entry = this.#answers.get(m.id);
         if (!entry) return;
         this.#answers.delete(m.id);
+        this.#wakeOffers();
         const file = entry.job.file!;
         const sha256 = toHex(m.sha256);
         entry.job.done = true;
@@ -820,6 +847,19 @@ class ClientSession {
         const entry = this.#answers.get(m.id);
         if (entry) {
           this.#answers.delete(m.id);
+          this.#wakeOffers();
+          let held = 0;
+          for (const e of this.#answers.values()) if (e.accepted) held++;
+          if (m.code === "SERVER_BUSY" && held > 0) {
+            // The server had as many files open as it allows on a connection: those it accepted and
+            // has not answered (it answers in order). Offer no more at once, and this one again here
+            // once one of them is answered, instead of reconnecting.
+            this.#openLimit = Math.min(this.#openLimit, held);
+            this.#refused.push(entry.job);
+            entry.answer.resolve({ kind: "finished" });
+            entry.finished.resolve();
+            return;
+          }
           if (RETRIABLE_FILE_CODES.has(m.code)) {
             // Leave the job open for the next connection, but let the files already streaming on
             // this one finish (a draining server completes them); run() then reports the retry.

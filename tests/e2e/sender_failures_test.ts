@@ -50,3 +50,41 @@ describe("sender: local failures", () => {
     }
   });
 });
+
+describe("sender: the server's open-file limit", () => {
+  test("files beyond --max-open-files are offered again on the same connection, not by reconnecting", {
+    timeout: 30_000,
+  }, async () => {
+    const dir = await tempDir();
+    const inbox = join(dir.path, "inbox");
+    const server = await serve({ dir: inbox, port: 0, minFreeBytes: 0, maxOpenFiles: 4 });
+    try {
+      const paths: string[] = [];
+      for (let i = 0; i < 40; i++) {
+        // Small files, read whole and offered with their hash, and a few streamed with DIGEST_AT_END.
+        const p = join(dir.path, `f${String(i).padStart(2, "0")}.bin`);
+        await writeFile(p, randomBytes(i % 10 === 9 ? 1_500_000 : 10_000));
+        paths.push(p);
+      }
+      const connects: number[] = [];
+      const result = await send(`127.0.0.1:${server.port}`, paths, {
+        retries: 0, // a reconnect would fail the send
+        window: 32,
+        onEvent: (e) => {
+          if (e.type === "connected") connects.push(e.attempt);
+        },
+      });
+      assert.deepEqual(connects, [0], "one connection");
+      assert.equal(result.reconnects, 0);
+      assert.deepEqual(result.failures, []);
+      assert.equal(result.receipts.length, 40);
+      for (const p of paths) {
+        const name = p.slice(dir.path.length + 1);
+        assert.equal(await sha256File(join(inbox, name)), await sha256File(p), name);
+      }
+    } finally {
+      await server.close({ graceMs: 0 });
+      await dir.cleanup();
+    }
+  });
+});
