@@ -136,7 +136,12 @@ function parseOptions(argv: string[]): Options | undefined {
     fileSize: parseSize(values["file-size"] ?? "64K", "--file-size"),
     clients: values.clients ? parseCount(values.clients, "--clients", 1) : q ? 20 : 200,
     clientSize: parseSize(values["client-size"] ?? (q ? "1M" : "4M"), "--client-size"),
-    workers: (values.workers ?? (q ? "1,2" : "1,4")).split(",").map((w) => parseCount(w, "--workers", 1)),
+    // Distinct counts: each names a row ("ferry-deno ×4"), and two rows of one name would mix their runs.
+    workers: [
+      ...new Set(
+        (values.workers ?? (q ? "1,2" : "1,4")).split(",").map((w) => parseCount(w, "--workers", 1)),
+      ),
+    ],
     only,
     runtimes,
     variants: [

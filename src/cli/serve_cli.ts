@@ -36,7 +36,8 @@ Options:
   --sync-every SIZE           fsync a partial file every SIZE bytes, in the background; a crash
                               loses at most 2 x SIZE of an upload, which the sender resends (default 32M)
   --flush-ahead SIZE          Start writing a partial file to disk every SIZE bytes, in the background,
-                              so storing it has little left to write; 0 = off (default 1M)
+                              so storing it has little left to write; 0 = off (default 1M on Linux,
+                              0 elsewhere)
   --max-message-size SIZE     Largest text message (default 64K)
   --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)

@@ -193,7 +193,7 @@ interface Offered {
   /** With `digestAtEnd`: the SHA-256 computed while streaming, sent in END_DIGEST. */
   digest?: Uint8Array;
   /** The server answered ACCEPT: it holds the file open until its RECEIPT or ERROR. */
-  accepted?: boolean;
+  heldOpen?: boolean;
   /** A small file sent as its one read buffer: the connection's `bytesQueued` at the end of that frame. */
   wholeUntil?: number;
 }
@@ -578,9 +578,10 @@ class ClientSession {
       }
     };
     for (let i = 0; i < todo.length || this.#refused.length > 0; i++) {
-      // A refused file's answer came before the loop got to it (answers are awaited in order).
-      todo.push(...this.#refused.splice(0));
-      if (i >= todo.length) break;
+      // Files refused with SERVER_BUSY go again after the rest. Each refusal is queued before its answer
+      // resolves, and answers are awaited in order, so none is missed when the loop reaches the end.
+      for (const job of this.#refused) todo.push(job);
+      this.#refused.length = 0;
       await sendHeadersUpTo(i, i + window);
       const entry = entries[i];
       const answer = await entry.answer.promise;
@@ -796,7 +797,7 @@ class ClientSession {
     switch (m.kind) {
       case "accept": {
         const entry = this.#answers.get(m.id);
-        if (entry) entry.accepted = true;
+        if (entry) entry.heldOpen = true;
         if (entry && m.offset > entry.job.accepted) entry.job.accepted = m.offset;
         entry?.answer.resolve({ kind: "accept", offset: m.offset });
         return;
@@ -849,8 +850,9 @@ class ClientSession {
           this.#answers.delete(m.id);
           this.#wakeOffers();
           let held = 0;
-          for (const e of this.#answers.values()) if (e.accepted) held++;
-          if (m.code === "SERVER_BUSY" && held > 0) {
+          for (const e of this.#answers.values()) if (e.heldOpen) held++;
+          // A refusal of the offer itself, not of a file already accepted (which another receiver might send).
+          if (m.code === "SERVER_BUSY" && !entry.heldOpen && held > 0) {
             // The server had as many files open as it allows on a connection: those it accepted and
             // has not answered (it answers in order). Offer no more at once, and this one again here
             // once one of them is answered, instead of reconnecting.

@@ -74,9 +74,9 @@ export interface ServerOptions {
    */
   syncEveryBytes?: number;
   /**
-   * Start a background fdatasync of a partial every this many bytes, which nothing waits for, so its
-   * data reaches the disk while the rest arrives; 0 = off. Default 1 MiB
-   * ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
+   * Start a background fdatasync of a partial every this many bytes, which the data path does not wait
+   * for, so its data reaches the disk while the rest arrives; 0 = off. Default 1 MiB on Linux, off
+   * elsewhere ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
    */
   flushAheadBytes?: number;
   /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */

@@ -16,6 +16,7 @@ import * as fs from "node:fs/promises";
 import * as fss from "node:fs";
 import * as path from "node:path";
 import { createHash, type Hash } from "node:crypto";
+import process from "node:process";
 import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
 import { joinBytes } from "../framing/frame.ts";
@@ -52,9 +53,9 @@ export interface InboxOptions {
   /** Default 32 MiB: fsync the partial and advance its durable offset at least this often. */
   syncEveryBytes?: number;
   /**
-   * Default 1 MiB, 0 = off: after this many bytes of a partial, start an fdatasync that nothing waits
-   * for, so its pages go to disk while the rest arrives and the fsync that stores the file has little
-   * left to write ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
+   * Default 1 MiB on Linux, 0 = off (the default elsewhere): after this many bytes of a partial, start
+   * an fdatasync that the data path does not wait for, so its pages go to disk while the rest arrives
+   * and the fsync that stores the file has little left to write ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
    */
   flushAheadBytes?: number;
   /** Default 64 MiB: free space that must remain after storing the declared size. */
@@ -197,8 +198,10 @@ export const DEFAULT_SYNC_EVERY_BYTES = 32 * MiB;
  * fsyncs all waited on it together. 200 senders × 4 MiB, 3 interleaved runs (bench/RESULTS.md): Deno
  * 2.21-2.68 → 2.09-2.14 s, Bun 2.65-2.70 → 2.14-2.29 s; one 1 GiB file unchanged. Capping the flushes
  * running at once at 4 or 16 lost most of it on Bun: the files not flushed still wait at the end.
+ * Off by default except on Linux, measured only there: on macOS both runtimes' fdatasync is an
+ * F_FULLFSYNC, which empties the drive's whole cache, every MiB of every file.
  */
-export const DEFAULT_FLUSH_AHEAD_BYTES = 1 * MiB;
+export const DEFAULT_FLUSH_AHEAD_BYTES: number = process.platform === "linux" ? 1 * MiB : 0;
 const DEFAULTS = {
   onCollision: "rename" as CollisionPolicy,
   partialTtlMs: 24 * 60 * 60 * 1000,
@@ -1145,13 +1148,14 @@ export class Upload {
         // One checkpoint at a time. Waiting here only when the previous one (or a flush) is still
         // running (the disk is slower than the link) keeps what is not yet durable under 2 × syncEvery.
         await this.#throwIfCheckpointFailed();
-        this.#checkpoint(true);
+        this.#checkpoint();
       } else if (
         this.#flushAheadBytes > 0 && this.#unflushed >= this.#flushAheadBytes &&
-        this.#checkpointing === undefined
+        this.#checkpointing === undefined && this.#received < this.size
       ) {
         // Never waits: while one runs, the next starts at a later write, covering all written by then.
-        this.#checkpoint(false);
+        // Not after the last byte: finish() fsyncs the file next anyway.
+        this.#flushAhead();
       }
     });
   }
@@ -1315,21 +1319,34 @@ export class Upload {
   }
 
   /**
-   * Starts a checkpoint in the background: fdatasync, then (`record`) the sidecar records the bytes
-   * written before it started as durable; without `record` it is a flush-ahead, which only gets pages
-   * to disk early. Awaiting it in the data path stalled the socket for two fsyncs every `syncEvery`
-   * bytes; now the next write waits only if this one is still running when the next `syncEvery` bytes
-   * have arrived, and `finish`, `suspend` and `discard` wait for it. A failed flush fails the upload
-   * as a failed checkpoint does: the pages it could not write may be lost even if a later fsync works.
+   * Starts a checkpoint in the background: fdatasync, then the sidecar records the bytes written
+   * before it started as durable. Awaiting it in the data path stalled the socket for two fsyncs
+   * every `syncEvery` bytes; now the next write waits only if this one (or a flush-ahead) is still
+   * running when the next `syncEvery` bytes have arrived, and `finish`, `suspend` and `discard` wait
+   * for it.
    */
-  #checkpoint(record: boolean): void {
-    const durable = this.#received;
-    if (record) this.#unsynced = 0;
+  #checkpoint(): void {
+    this.#unsynced = 0;
+    this.#startSync(this.#received);
+  }
+
+  /**
+   * Starts a flush-ahead in the background: an fdatasync that only gets the pages written so far to
+   * disk early, recording nothing (the durable offset moves only at checkpoints). It takes the
+   * checkpoint's slot, so it is awaited wherever a checkpoint is, and a failure fails the upload the
+   * same way: the pages it could not write may be lost even if a later fsync works.
+   */
+  #flushAhead(): void {
+    this.#startSync(undefined);
+  }
+
+  /** fdatasync in the background; then, given `durable`, the sidecar records that offset. */
+  #startSync(durable: number | undefined): void {
     this.#unflushed = 0;
     this.#checkpointing = (async () => {
       try {
         await this.#handle.datasync();
-        if (!record) return;
+        if (durable === undefined) return;
         this.#sidecarOnDisk = true;
         await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, durable));
       } catch (e) {
