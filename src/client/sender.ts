@@ -775,6 +775,8 @@ class ClientSession {
 
   /** An offered file was answered: a sender waiting under the open-file limit may offer another. */
   #wakeOffers(): void {
+    // Nobody waits before a limit is known: no new promise per file then.
+    if (this.#openLimit === Infinity) return;
     this.#answered.resolve();
     this.#answered = deferred<void>();
   }
@@ -851,7 +853,8 @@ class ClientSession {
           this.#wakeOffers();
           let held = 0;
           for (const e of this.#answers.values()) if (e.heldOpen) held++;
-          // A refusal of the offer itself, not of a file already accepted (which another receiver might send).
+          // Only a refused offer tells the limit; a SERVER_BUSY for a file already accepted (which another
+          // receiver might send) does not.
           if (m.code === "SERVER_BUSY" && !entry.heldOpen && held > 0) {
             // The server had as many files open as it allows on a connection: those it accepted and
             // has not answered (it answers in order). Offer no more at once, and this one again here

@@ -1047,8 +1047,9 @@ export class Upload {
   /** Written since the last checkpoint or flush started. */
   #unflushed = 0;
   /**
-   * The checkpoint or flush running in the background, if any (one at a time). The data path never
-   * waits for one: it syncs what was written before it started, while later frames keep arriving.
+   * The checkpoint or flush running in the background, if any (one at a time). It syncs what was
+   * written before it started while later frames keep arriving; the data path waits for it only when
+   * the next checkpoint is due.
    */
   #checkpointing?: Promise<void>;
   /** Why a background checkpoint failed; the next write, finish or suspend fails with it. */
