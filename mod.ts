@@ -31,7 +31,7 @@ export type { SendEvent, SendFailure, SendOptions, SendReceipt, SendResult } fro
 export type { SendItem } from "./src/client/files.ts";
 export { formatTarget, parseTarget } from "./src/client/target.ts";
 export type { SendTarget } from "./src/client/target.ts";
-export type { CollisionPolicy, Receipt, ReceiptImage, StoredMessage } from "./src/store/inbox.ts";
+export type { CollisionPolicy, Receipt, ReceiptImage, StoredMessage, SyncMode } from "./src/store/inbox.ts";
 export type { DashboardHandle, DashboardOptions, FileEntry } from "./src/http/dashboard.ts";
 export {
   DEFAULT_MAX_PIXELS,

@@ -38,6 +38,10 @@ Options:
   --flush-ahead SIZE          Start writing a partial file to disk every SIZE bytes, in the background,
                               so storing it has little left to write; 0 = off (default 1M on Linux,
                               0 elsewhere)
+  --sync-mode MODE            batch: files finishing together share one syncfs(2), one disk cache flush
+                              (Linux; Deno needs --allow-ffi, else it falls back to file); file: an
+                              fsync per file, for an inbox on a disk other programs write much to
+                              (default batch)
   --max-message-size SIZE     Largest text message (default 64K)
   --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)
@@ -93,6 +97,7 @@ export async function parseServeArgs(
       "partial-ttl": { type: "string" },
       "sync-every": { type: "string" },
       "flush-ahead": { type: "string" },
+      "sync-mode": { type: "string" },
       "max-message-size": { type: "string" },
       "max-open-files": { type: "string" },
       "heartbeat-interval": { type: "string" },
@@ -159,6 +164,13 @@ export async function parseServeArgs(
     if (o.syncEveryBytes < 1) throw new TypeError("Invalid value for --sync-every: must be at least 1 byte");
   }
   if (size("flush-ahead")) o.flushAheadBytes = parseSize(size("flush-ahead")!, "--flush-ahead");
+  const syncMode = values["sync-mode"];
+  if (syncMode !== undefined) {
+    if (syncMode !== "batch" && syncMode !== "file") {
+      throw new TypeError(`Invalid value for --sync-mode: "${syncMode}" (use batch or file)`);
+    }
+    o.syncMode = syncMode;
+  }
   if (size("heartbeat-interval")) {
     o.heartbeatIntervalMs = parseDuration(size("heartbeat-interval")!, "--heartbeat-interval");
   }
@@ -275,6 +287,15 @@ export async function serveMain(args: string[]): Promise<number> {
     process.on("SIGINT", () => stop("SIGINT"));
     process.on("SIGTERM", () => stop("SIGTERM"));
   });
+  // Batch syncing asked for (the default) but not available: say so, and how to get it on Deno.
+  const grouping = server.inbox.syncStats.grouping;
+  const syncNote = grouping || parsed.options.syncMode === "file" || process.platform !== "linux"
+    ? ""
+    : `, an fsync per file (syncfs unavailable${
+      typeof (globalThis as { Deno?: unknown }).Deno !== "undefined"
+        ? ": grant --allow-ffi to batch them"
+        : ""
+    })`;
   // Before "listening", so whoever waits for that line can already find the dashboard's port.
   if (server.http) {
     log(
@@ -298,11 +319,12 @@ export async function serveMain(args: string[]): Promise<number> {
       dir: parsed.options.dir,
       auth: parsed.options.token !== undefined,
       tls: parsed.options.tls !== undefined,
+      sync: grouping ? "batch" : "file",
       ...(server.http ? { http: server.http.url } : {}),
     },
     `listening on ${host}:${server.port}, inbox ${parsed.options.dir}${
       parsed.options.token ? ", token required" : ""
-    }${parsed.options.tls ? ", TLS" : ""}`,
+    }${parsed.options.tls ? ", TLS" : ""}${syncNote}`,
   );
 
   server.on(

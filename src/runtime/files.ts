@@ -43,6 +43,8 @@ export async function writeAll(fh: FileHandle, bytes: Uint8Array, position: numb
 export interface PartialFile {
   /** The descriptor, for synchronous calls such as `futimesSync`. */
   readonly fd: number;
+  /** Counts up in the order partials were opened in this process (see `GroupSync`). */
+  readonly serial: number;
   /** Writes `bytes` (a buffer, or parts one after another) at `position`. */
   write(bytes: Uint8Array | readonly Uint8Array[], position: number): Promise<void>;
   /** fsync(2). */
@@ -84,6 +86,7 @@ export function openPartial(file: string, flags: "w+" | "wx+" | "r+"): PartialFi
 export function handlePartial(fh: FileHandle): PartialFile {
   return {
     fd: fh.fd,
+    serial: nextSerial++,
     write: (bytes, position) => writeAt(fh.fd, bytes instanceof Uint8Array ? [bytes] : bytes, position),
     sync: () => fh.sync(),
     datasync: () => fh.datasync(),
@@ -143,9 +146,13 @@ async function writeAsyncAt(fd: number, bytes: Uint8Array, position: number): Pr
   }
 }
 
+/** Serial of the next partial opened. */
+let nextSerial = 0;
+
 /** A partial file on a raw descriptor. */
 class FdPartial implements PartialFile {
   readonly fd: number;
+  readonly serial = nextSerial++;
   #closed = false;
   constructor(fd: number) {
     this.fd = fd;

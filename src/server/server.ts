@@ -15,6 +15,7 @@ import {
   DEFAULT_SYNC_EVERY_BYTES,
   Inbox,
   type Receipt,
+  type SyncMode,
 } from "../store/inbox.ts";
 import { AuthGate } from "./auth.ts";
 import { type DashboardHandle, type DashboardOptions, startDashboard } from "../http/dashboard.ts";
@@ -79,6 +80,12 @@ export interface ServerOptions {
    * elsewhere ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
    */
   flushAheadBytes?: number;
+  /**
+   * How finished files are made durable. Default `"batch"`: files finishing while another is being
+   * synced share one `syncfs(2)` (Linux; on Deno it needs `--allow-ffi`, else it falls back);
+   * `"file"`: an fsync per file, for an inbox on a filesystem that other programs write much to.
+   */
+  syncMode?: SyncMode;
   /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
   runtime?: Runtime;
   /**
@@ -153,11 +160,15 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
     graceMs: options.graceMs ?? 10_000,
     syncEveryBytes: options.syncEveryBytes ?? DEFAULT_SYNC_EVERY_BYTES,
     flushAheadBytes: options.flushAheadBytes ?? DEFAULT_FLUSH_AHEAD_BYTES,
+    syncMode: options.syncMode ?? "batch",
     imagesOnly: options.imagesOnly ?? false,
     hashFirst: options.hashFirst ?? false,
     maxPixels: options.maxPixels ?? DEFAULT_MAX_PIXELS,
   };
   if (typeof o.dir !== "string" || o.dir === "") throw new TypeError("Cannot serve: dir is required");
+  if (o.syncMode !== "batch" && o.syncMode !== "file") {
+    throw new TypeError(`Cannot serve: syncMode ${String(o.syncMode)} is not "batch" or "file"`);
+  }
   if (!Number.isInteger(o.port) || o.port < 0 || o.port > 65535) {
     throw new RangeError(`Cannot serve: port ${o.port} is not 0..65535`);
   }
@@ -227,6 +238,7 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
       inspectFile(tempPath, header.name, { imagesOnly: o.imagesOnly, maxPixels: o.maxPixels }),
     syncEveryBytes: o.syncEveryBytes,
     flushAheadBytes: o.flushAheadBytes,
+    syncMode: o.syncMode,
   });
   const events = new Emitter<ServerEvents>();
   const sessions = new Set<Session>();

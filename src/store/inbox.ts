@@ -21,6 +21,8 @@ import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
 import { joinBytes } from "../framing/frame.ts";
 import { handlePartial, openPartial, type PartialFile, writeAll } from "../runtime/files.ts";
+import { loadSyncFs, type SyncFs } from "../runtime/syncfs.ts";
+import { GroupSync, type GroupSyncStats } from "./group_sync.ts";
 
 /**
  * What happens when a file with the final name already exists: `"rename"`
@@ -33,6 +35,18 @@ import { handlePartial, openPartial, type PartialFile, writeAll } from "../runti
  * ```
  */
 export type CollisionPolicy = "rename" | "overwrite" | "reject";
+
+/**
+ * How finished files are made durable: `"batch"` lets files finishing together share one
+ * `syncfs(2)`, `"file"` fsyncs each on its own (see {@linkcode InboxOptions.syncMode}).
+ *
+ * @example
+ * ```ts
+ * import type { SyncMode } from "./inbox.ts";
+ * const mode: SyncMode = "file"; // an fsync per file, never a whole-filesystem sync
+ * ```
+ */
+export type SyncMode = "batch" | "file";
 
 /**
  * Options for {@linkcode Inbox.open}.
@@ -58,6 +72,13 @@ export interface InboxOptions {
    * and the fsync that stores the file has little left to write ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
    */
   flushAheadBytes?: number;
+  /**
+   * Default `"batch"`: files that finish while another is being synced share one `syncfs(2)` where the
+   * runtime offers it ({@linkcode GroupSync}); `"file"`: an fsync per file.
+   */
+  syncMode?: SyncMode;
+  /** The `syncfs(2)` that `"batch"` uses; default the runtime's (`loadSyncFs()`), if any. */
+  syncfs?: SyncFs;
   /** Default 64 MiB: free space that must remain after storing the declared size. */
   minFreeBytes?: number;
   /** Default 0 = unlimited; larger files are refused with `FILE_TOO_LARGE`. */
@@ -207,6 +228,7 @@ const DEFAULTS = {
   partialTtlMs: 24 * 60 * 60 * 1000,
   syncEveryBytes: DEFAULT_SYNC_EVERY_BYTES,
   flushAheadBytes: DEFAULT_FLUSH_AHEAD_BYTES,
+  syncMode: "batch" as SyncMode,
   minFreeBytes: 64 * MiB,
   maxFileSize: 0,
 };
@@ -291,7 +313,9 @@ export class Inbox {
   /** Absolute path of the inbox directory. */
   readonly dir: string;
   readonly #realDir: string;
-  readonly #opts: Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect">;
+  readonly #opts: CheckedOptions;
+  /** Makes finished files durable, several at once where it can. */
+  readonly #groupSync: GroupSync;
   readonly #partialDir: string;
   /** Empty files created ahead of need, renamed into `#partialDir` when an upload begins. */
   readonly #freshDir: string;
@@ -327,16 +351,30 @@ export class Inbox {
   private constructor(
     dir: string,
     realDir: string,
-    opts: Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect">,
+    opts: CheckedOptions,
   ) {
     this.dir = dir;
     this.#realDir = realDir;
     this.#opts = opts;
+    this.#groupSync = new GroupSync(opts.syncMode === "batch" ? opts.syncfs ?? loadSyncFs() : undefined);
     this.#partialDir = path.join(dir, STATE_DIR, "partial");
     this.#freshDir = path.join(dir, STATE_DIR, "fresh");
     this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
     this.#messagesPath = path.join(dir, STATE_DIR, "messages.ndjson");
     fdReaper?.register(this, this.#fds);
+  }
+
+  /**
+   * How finished files have been made durable so far; `grouping` says whether files finishing
+   * together share a `syncfs(2)` (`syncMode` `"batch"` on a runtime that offers it).
+   *
+   * @example
+   * ```ts ignore
+   * const { grouping, groupSyncs, groupedFiles, fileSyncs } = inbox.syncStats;
+   * ```
+   */
+  get syncStats(): GroupSyncStats & { grouping: boolean } {
+    return { ...this.#groupSync.stats, grouping: this.#groupSync.grouping };
   }
 
   /**
@@ -588,6 +626,7 @@ export class Inbox {
         inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
         flushAheadBytes: this.#opts.flushAheadBytes,
+        durable: (file) => this.#groupSync.sync(file),
       });
       // A fresh upload has nothing durable yet: its sidecar is first written at a checkpoint or
       // suspend (a crash before that leaves a sidecar-less partial, which open() sweeps). Saves an
@@ -993,6 +1032,8 @@ interface UploadInit {
   inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   syncEveryBytes: number;
   flushAheadBytes: number;
+  /** Makes the finished partial durable (its fsync, or a share of a group's syncfs). */
+  durable: (file: PartialFile) => Promise<void>;
 }
 
 /**
@@ -1041,6 +1082,7 @@ export class Upload {
   readonly #release: () => void;
   readonly #syncEveryBytes: number;
   readonly #flushAheadBytes: number;
+  readonly #durable: (file: PartialFile) => Promise<void>;
   #received: number;
   /** Written since the last checkpoint started. */
   #unsynced = 0;
@@ -1083,6 +1125,7 @@ export class Upload {
     };
     this.#syncEveryBytes = init.syncEveryBytes;
     this.#flushAheadBytes = init.flushAheadBytes;
+    this.#durable = init.durable;
   }
 
   /** Bytes written so far, counting from 0 (so it includes a resumed offset). */
@@ -1238,7 +1281,7 @@ export class Upload {
           // futimens on the open file: a few µs, where the async call costs a thread-pool hop.
           fss.futimesSync(this.#handle.fd, new Date(), new Date(mtimeMs));
         }
-        await this.#handle.sync();
+        await this.#durable(this.#handle);
         this.#closed = true;
         await this.#handle.close();
         // Deleted before the partial (as everywhere): a sidecar on disk always has its partial beside
@@ -1399,9 +1442,11 @@ export class Upload {
   }
 }
 
-function checkOptions(
-  o: InboxOptions,
-): Required<Omit<InboxOptions, "dir" | "inspect">> & Pick<InboxOptions, "inspect"> {
+type CheckedOptions =
+  & Required<Omit<InboxOptions, "dir" | "inspect" | "syncfs">>
+  & Pick<InboxOptions, "inspect" | "syncfs">;
+
+function checkOptions(o: InboxOptions): CheckedOptions {
   if (typeof o?.dir !== "string" || o.dir === "") {
     throw new FerryError("INTERNAL", "Cannot open inbox: dir must be a non-empty string");
   }
@@ -1418,6 +1463,13 @@ function checkOptions(
     }
     return v;
   };
+  const syncMode = o.syncMode ?? DEFAULTS.syncMode;
+  if (syncMode !== "batch" && syncMode !== "file") {
+    throw new FerryError("INTERNAL", `Cannot open inbox: unknown sync mode ${String(syncMode)}`);
+  }
+  if (o.syncfs !== undefined && typeof o.syncfs !== "function") {
+    throw new FerryError("INTERNAL", "Cannot open inbox: syncfs must be a function");
+  }
   if (o.inspect !== undefined && typeof o.inspect !== "function") {
     throw new FerryError("INTERNAL", "Cannot open inbox: inspect must be a function");
   }
@@ -1426,6 +1478,8 @@ function checkOptions(
     partialTtlMs: num("partialTtlMs"),
     syncEveryBytes: Math.max(1, num("syncEveryBytes")),
     flushAheadBytes: num("flushAheadBytes"),
+    syncMode,
+    syncfs: o.syncfs,
     minFreeBytes: num("minFreeBytes"),
     maxFileSize: num("maxFileSize"),
     inspect: o.inspect,

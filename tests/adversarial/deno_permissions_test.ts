@@ -78,6 +78,8 @@ describe("adversarial: Deno permission sandbox", () => {
     });
     try {
       assert.match(server.output(), /"auth":true/);
+      // No --allow-ffi, so no syncfs: an fsync per file (the human-readable line says how to batch them).
+      assert.match(server.output(), /"sync":"file"/);
       const local = join(tmp.path, "photo.bin");
       const bytes = new Uint8Array(300_000).map((_, i) => (i * 31) & 0xff);
       await writeFile(local, bytes);

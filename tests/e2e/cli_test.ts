@@ -7,6 +7,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import process from "node:process";
 import { exitCodeFor } from "../../src/cli/send_cli.ts";
 import { FerryError } from "../../src/errors.ts";
 import { Channel } from "../../src/protocol/channel.ts";
@@ -94,6 +95,7 @@ describe(`command lines (current runtime ${CURRENT_RUNTIME})`, () => {
       ["server.ts", ["--bogus", "--dir", join(tmp.path, "x")], /bogus/],
       ["server.ts", ["--min-free", "lots", "--dir", join(tmp.path, "x")], /--min-free/],
       ["server.ts", ["--flush-ahead", "soon", "--dir", join(tmp.path, "x")], /--flush-ahead/],
+      ["server.ts", ["--sync-mode", "later", "--dir", join(tmp.path, "x")], /--sync-mode/],
     ];
     for (const [i, [script, args, message]] of cases.entries()) {
       const r = await runScript(i % 2 ? OTHER_RUNTIME : CURRENT_RUNTIME, script, args, { timeoutMs: 15_000 });
@@ -139,6 +141,32 @@ describe(`command lines (current runtime ${CURRENT_RUNTIME})`, () => {
       ["tiny.txt"],
     );
     assert.deepEqual(await listFiles(join(tmp.path, "small-inbox")), ["tiny.txt"]);
+  });
+
+  test("--sync-mode: the listening line says how files are made durable; both modes store a folder whole", {
+    timeout: 60_000,
+  }, async () => {
+    const folder = join(tmp.path, "src", "many");
+    for (let i = 0; i < 40; i++) await writeRandomFile(join(folder, `m${i}.bin`), 20_000 + i);
+    // On Linux the default batches (the test processes get every Deno permission); elsewhere it cannot.
+    for (
+      const [mode, expected] of [[undefined, process.platform === "linux" ? "batch" : "file"], [
+        "file",
+        "file",
+      ]]
+    ) {
+      const inbox = join(tmp.path, `sync-${mode ?? "default"}`);
+      const s = await startServer(CURRENT_RUNTIME, ["--dir", inbox, ...(mode ? ["--sync-mode", mode] : [])]);
+      extra.push(s);
+      assert.equal(JSON.parse(await s.waitForLine(/"event":"listening"/)).sync, expected);
+      const r = await runSender(OTHER_RUNTIME, ["-q", folder], s);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      const stored = await listFiles(inbox);
+      assert.equal(stored.length, 40);
+      for (const name of ["many/m0.bin", "many/m39.bin"]) {
+        assert.equal(await sha256File(join(inbox, name)), await sha256File(join(tmp.path, "src", name)));
+      }
+    }
   });
 
   test("exit code 5 when the receipt's hash does not match (fake server)", { timeout: 30_000 }, async () => {

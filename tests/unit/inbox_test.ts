@@ -9,7 +9,9 @@ import { rmSync, writeFileSync } from "node:fs";
 import process from "node:process";
 import { FerryError } from "../../src/errors.ts";
 import { type FileHeader, Inbox, type InboxOptions, type Receipt, Upload } from "../../src/store/inbox.ts";
-import { openPartial } from "../../src/runtime/files.ts";
+import { openPartial, type PartialFile } from "../../src/runtime/files.ts";
+import { loadSyncFs } from "../../src/runtime/syncfs.ts";
+import { GroupSync } from "../../src/store/group_sync.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const text = (s: string) => new TextEncoder().encode(s);
@@ -690,6 +692,7 @@ describe("Inbox resume", () => {
       header: resumeHeader(bytes),
       handle: {
         fd: file.fd,
+        serial: file.serial,
         write: (b, at) => file.write(b, at),
         sync: () => file.sync(),
         datasync: () => {
@@ -708,6 +711,7 @@ describe("Inbox resume", () => {
       findDuplicate: () => Promise.resolve(undefined),
       syncEveryBytes: 1 << 30,
       flushAheadBytes: 1000,
+      durable: (f) => f.sync(),
     });
     await up.write(bytes.subarray(0, 1500), 0); // starts the flush, which fails in the background
     const err = await rejectsWith(up.write(bytes.subarray(1500, 3000), 1500), "IO_ERROR");
@@ -1028,5 +1032,111 @@ describe("Inbox maintenance", () => {
     await rejectsWith(Inbox.open({ dir: "" }), "INTERNAL");
     await rejectsWith(open({ onCollision: "clobber" as "rename" }), "INTERNAL");
     await rejectsWith(open({ partialTtlMs: -1 }), "INTERNAL");
+  });
+});
+
+describe("Inbox durability: files finishing together share a syncfs", () => {
+  useTempDirs();
+  const FILES = 16;
+
+  /** Begins FILES uploads, writes each whole, then finishes them all at once. */
+  async function finishTogether(inbox: Inbox): Promise<{ receipts: Receipt[]; contents: Uint8Array[] }> {
+    const contents = Array.from({ length: FILES }, (_, i) => bytesOf(48 * 1024 + i, 100 + i));
+    const uploads: Upload[] = [];
+    for (const [i, bytes] of contents.entries()) {
+      const up = await expectUpload(inbox, headerFor(`together/f${i}.bin`, bytes));
+      await up.write(bytes, 0);
+      uploads.push(up);
+    }
+    const receipts = await Promise.all(uploads.map((up) => up.finish()));
+    for (const [i, r] of receipts.entries()) assert.deepEqual(await read(r.name), Buffer.from(contents[i]));
+    return { receipts, contents };
+  }
+
+  /** Whether some stored file still has data only in the page cache (`delalloc`), or undefined if unknown. */
+  function someCachedOnly(receipts: Receipt[]): boolean | undefined {
+    if (DELALLOC_SKIP) return undefined;
+    return receipts.some((r) =>
+      fileExtents(path.join(dir, r.name)).some((e) => e.flags.includes("delalloc"))
+    );
+  }
+
+  it("batch: one file alone gets its own fsync, the ones finishing behind it one syncfs, all on disk", {
+    skip: loadSyncFs() ? false : "this runtime offers no syncfs here",
+  }, async () => {
+    const inbox = await open();
+    assert.equal(inbox.syncStats.grouping, true);
+    const { receipts } = await finishTogether(inbox);
+    const s = inbox.syncStats;
+    assert.ok(s.groupSyncs >= 1, `expected a syncfs, got ${JSON.stringify(s)}`);
+    assert.ok(s.fileSyncs < FILES / 2, `most files should share a syncfs: ${JSON.stringify(s)}`);
+    assert.equal(s.fileSyncs + s.groupedFiles, FILES);
+    assert.equal(s.groupFailures, 0);
+    assert.notEqual(someCachedOnly(receipts), true, "every stored file's data is on disk");
+  });
+
+  it("file: an fsync per file, and no syncfs", async () => {
+    let calls = 0;
+    const inbox = await open({ syncMode: "file", syncfs: () => Promise.resolve(calls++) });
+    assert.equal(inbox.syncStats.grouping, false);
+    const { receipts } = await finishTogether(inbox);
+    assert.deepEqual(inbox.syncStats, {
+      fileSyncs: FILES,
+      groupSyncs: 0,
+      groupedFiles: 0,
+      groupFailures: 0,
+      grouping: false,
+    });
+    assert.equal(calls, 0);
+    assert.notEqual(someCachedOnly(receipts), true);
+  });
+
+  it("a failed syncfs falls back to an fsync per file, and loses nothing", async () => {
+    let calls = 0;
+    const inbox = await open({
+      syncfs: () => {
+        calls++;
+        return Promise.resolve(-1);
+      },
+    });
+    const { receipts } = await finishTogether(inbox);
+    const s = inbox.syncStats;
+    assert.ok(calls >= 1 && s.groupFailures === calls, JSON.stringify(s));
+    assert.equal(s.groupSyncs, 0);
+    assert.equal(s.fileSyncs, FILES, "every file was fsynced on its own");
+    assert.notEqual(someCachedOnly(receipts), true);
+  });
+
+  it("syncfs gets the descriptor opened first; after a failed one, the file whose fsync fails is the one rejected", async () => {
+    await open(); // makes the folders
+    const partial = (name: string) => openPartial(path.join(dir, ".ferry", "partial", name), "wx+");
+    const [a, b, c] = [partial("a.part"), partial("b.part"), partial("c.part")];
+    const real = loadSyncFs();
+    const given: number[] = [];
+    const group = new GroupSync(async (fd) => {
+      given.push(fd);
+      return real ? await real(fd) : 0;
+    });
+    // a alone (nothing running), then c and b wait behind it and share one syncfs.
+    await Promise.all([group.sync(a), group.sync(c), group.sync(b)]);
+    assert.deepEqual(given, [b.fd], "b was opened before c");
+    assert.deepEqual(group.stats, { fileSyncs: 1, groupSyncs: 1, groupedFiles: 2, groupFailures: 0 });
+
+    const failing = new GroupSync(() => Promise.resolve(-1));
+    const eio = Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO" });
+    // b, but its fsync fails (as on a disk error).
+    const bad: PartialFile = {
+      fd: b.fd,
+      serial: b.serial,
+      write: (bytes, at) => b.write(bytes, at),
+      sync: () => Promise.reject(eio),
+      datasync: () => b.datasync(),
+      close: () => b.close(),
+    };
+    const results = await Promise.allSettled([failing.sync(a), failing.sync(bad), failing.sync(c)]);
+    assert.deepEqual(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+    assert.equal((results[1] as PromiseRejectedResult).reason, eio);
+    assert.deepEqual(failing.stats, { fileSyncs: 3, groupSyncs: 0, groupedFiles: 0, groupFailures: 1 });
+    for (const f of [a, b, c]) await f.close();
   });
 });
