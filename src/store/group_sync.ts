@@ -18,25 +18,30 @@ import type { PartialFile } from "../runtime/files.ts";
 import type { SyncFs } from "../runtime/syncfs.ts";
 
 interface Waiter {
-  file: PartialFile;
+  /** A descriptor on the filesystem, for syncfs, and when it was opened (see `PartialFile.serial`). */
+  fd: number;
+  serial: number;
+  /** Makes this waiter's writes durable without syncfs (an fsync of its own). */
+  alone: () => Promise<void>;
   resolve: () => void;
   reject: (e: unknown) => void;
 }
 
 /** How a {@linkcode GroupSync} has synced so far (for logs and tests). */
 export interface GroupSyncStats {
-  /** Files made durable by their own fsync. */
+  /** Waiters served by their own fsync(s). */
   fileSyncs: number;
   /** syncfs calls that succeeded. */
   groupSyncs: number;
-  /** Files made durable by those calls. */
+  /** Waiters served by those calls. */
   groupedFiles: number;
-  /** syncfs calls that failed (their files were then fsynced one by one). */
+  /** syncfs calls that failed (their waiters were then served one by one, and grouping stopped). */
   groupFailures: number;
 }
 
 /**
- * Makes finished partial files durable, several at a time where it can.
+ * Makes writes durable, several waiters at a time where it can: a finished file's data
+ * ({@linkcode sync}), and then its name and receipt ({@linkcode barrier}).
  *
  * @example
  * ```ts ignore
@@ -45,26 +50,39 @@ export interface GroupSyncStats {
  * ```
  */
 export class GroupSync {
-  readonly #syncfs?: SyncFs;
+  #syncfs?: SyncFs;
   #waiting: Waiter[] = [];
   #running = false;
   readonly stats: GroupSyncStats = { fileSyncs: 0, groupSyncs: 0, groupedFiles: 0, groupFailures: 0 };
 
-  /** Without `syncfs`, each file is fsynced on its own, all at once. */
+  /** Without `syncfs`, each waiter is served by its own fsync, all at once. */
   constructor(syncfs?: SyncFs) {
     this.#syncfs = syncfs;
   }
 
-  /** Whether files finishing together share a syncfs (else each gets its own fsync). */
+  /** Whether waiters at the same time share a syncfs (else each gets its own fsync). */
   get grouping(): boolean {
     return this.#syncfs !== undefined;
   }
 
   /** Resolves once `file`'s data and metadata are on stable storage; rejects with its fsync's error. */
   sync(file: PartialFile): Promise<void> {
-    if (!this.#syncfs) return this.#fileSync(file);
+    return this.barrier(file.fd, file.serial, () => file.sync());
+  }
+
+  /**
+   * Resolves once everything written to the filesystem before the call is on stable storage: by one
+   * syncfs shared with the other waiters, or by `alone` (a waiter alone, or after a failed syncfs,
+   * which then tells whose write failed). `fd` must be open on that filesystem since before the writes
+   * and `serial` say when it was opened: syncfs reports the writeback errors recorded since the open.
+   */
+  barrier(fd: number, serial: number, alone: () => Promise<void>): Promise<void> {
+    if (!this.#syncfs) {
+      this.stats.fileSyncs++;
+      return alone();
+    }
     return new Promise((resolve, reject) => {
-      this.#waiting.push({ file, resolve, reject });
+      this.#waiting.push({ fd, serial, alone, resolve, reject });
       if (!this.#running) void this.#drain();
     });
   }
@@ -76,7 +94,8 @@ export class GroupSync {
         const batch = this.#waiting;
         this.#waiting = [];
         if (batch.length === 1 || !(await this.#groupSync(batch))) {
-          await Promise.all(batch.map((w) => this.#fileSync(w.file).then(w.resolve, w.reject)));
+          this.stats.fileSyncs += batch.length;
+          await Promise.all(batch.map((w) => w.alone().then(w.resolve, w.reject)));
         }
       }
     } finally {
@@ -86,17 +105,20 @@ export class GroupSync {
 
   /** One syncfs for the batch; false if it failed (then nothing in it is known to be durable). */
   async #groupSync(batch: Waiter[]): Promise<boolean> {
-    // syncfs reports writeback errors recorded since its descriptor was opened: the one opened first
-    // covers every file of the batch.
-    let oldest = batch[0].file;
-    for (const w of batch) if (w.file.serial < oldest.serial) oldest = w.file;
+    if (!this.#syncfs) return false;
+    // The descriptor opened first has seen every writeback error since any waiter's writes.
+    let oldest = batch[0];
+    for (const w of batch) if (w.serial < oldest.serial) oldest = w;
     let ok = false;
     try {
-      ok = (await this.#syncfs!(oldest.fd)) === 0;
+      ok = (await this.#syncfs(oldest.fd)) === 0;
     } catch {
       ok = false;
     }
     if (!ok) {
+      // A descriptor reports an error once, and the next syncfs on it may not report it again: after
+      // a failure, every waiter gets its own fsync from here on, which reports errors per file.
+      this.#syncfs = undefined;
       this.stats.groupFailures++;
       return false;
     }
@@ -104,10 +126,5 @@ export class GroupSync {
     this.stats.groupedFiles += batch.length;
     for (const w of batch) w.resolve();
     return true;
-  }
-
-  #fileSync(file: PartialFile): Promise<void> {
-    this.stats.fileSyncs++;
-    return file.sync();
   }
 }

@@ -621,7 +621,7 @@ export class Inbox {
         sidecarPath,
         sidecarOnDisk: offset > 0,
         release: () => busyKeys.delete(lock),
-        commit: (temp, header, image) => this.#commit(temp, header, image),
+        commit: (temp, header, image, file) => this.#commit(temp, header, image, file),
         findDuplicate: (name, sha256) => Promise.resolve(this.#findDuplicate(name, sha256)),
         inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
@@ -643,7 +643,18 @@ export class Inbox {
   }
 
   /** Places a verified temp file under its final name; called through {@linkcode Upload.finish}. */
-  async #commit(temp: string, header: FileHeader, image?: ReceiptImage): Promise<Receipt> {
+  /**
+   * Places the durable partial `temp` under its name and records its receipt. With `file` (the partial,
+   * still open) and grouping on, the new name and the receipt line are made durable by one syncfs shared
+   * with other files ({@linkcode GroupSync.barrier}); otherwise by an fsync of the folder and one of the
+   * receipts file, each group-committed on its own.
+   */
+  async #commit(
+    temp: string,
+    header: FileHeader,
+    image?: ReceiptImage,
+    file?: PartialFile,
+  ): Promise<Receipt> {
     const name = header.name;
     const shownName = escapeForDisplay(name);
     const checked = this.#safeParent(name, true);
@@ -681,7 +692,6 @@ export class Inbox {
       }
       rmForceSync(temp); // already gone if the no-hard-link fallback renamed it
     }
-    await syncDir(parent, () => this.#fsyncDir(parent, checked.st));
     const receipt: Receipt = {
       name: stored,
       requestedName: name,
@@ -693,8 +703,19 @@ export class Inbox {
       receivedAt: new Date().toISOString(),
     };
     if (image) receipt.image = Object.freeze({ ...image });
+    const line = JSON.stringify(receipt) + "\n";
+    const fsyncParent = () => syncDir(parent, () => this.#fsyncDir(parent, checked.st));
     try {
-      await this.#append(this.#receiptsPath, JSON.stringify(receipt) + "\n");
+      if (file && this.#groupSync.grouping) {
+        const fd = this.#appendNow(this.#receiptsPath, line);
+        await this.#groupSync.barrier(file.fd, file.serial, async () => {
+          await fsyncParent();
+          await fsyncFd(fd);
+        });
+      } else {
+        await fsyncParent();
+        await this.#append(this.#receiptsPath, line);
+      }
     } catch (e) {
       // No receipt, no file: take back the name we just created, so a failure reported to the
       // sender leaves nothing new behind. (An overwrite has already replaced the old file.)
@@ -960,6 +981,27 @@ export class Inbox {
   }
 
   /**
+   * Writes a line at the end of an ndjson file now, not durably (see {@linkcode #commit}); returns the
+   * kept-open descriptor it went through.
+   */
+  #appendNow(file: string, line: string): number {
+    let fd = this.#appendFds.get(file);
+    if (fd === undefined) {
+      fd = fss.openSync(file, "a");
+      this.#fds.add(fd);
+      this.#appendFds.set(file, fd);
+    }
+    try {
+      writeAllSync(fd, new TextEncoder().encode(line));
+      return fd;
+    } catch (e) {
+      if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
+      this.#closeFd(fd);
+      throw e;
+    }
+  }
+
+  /**
    * Appends a line to an ndjson file durably. Group commit: lines queued while an earlier batch is
    * being written and fsynced go out together in the next batch, sharing one write and one fsync; each
    * caller's promise settles only once its own line is fsynced.
@@ -984,12 +1026,7 @@ export class Inbox {
         }
         try {
           // A few hundred bytes into the page cache: cheaper done here than as a thread-pool job.
-          const bytes = new TextEncoder().encode(lines.join(""));
-          for (let done = 0; done < bytes.length;) {
-            const n = fss.writeSync(fd, bytes, done, bytes.length - done);
-            if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
-            done += n;
-          }
+          writeAllSync(fd, new TextEncoder().encode(lines.join("")));
           await fsyncFd(fd);
         } catch (e) {
           if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
@@ -1003,6 +1040,15 @@ export class Inbox {
     }
     batch.lines.push(line);
     return batch.done;
+  }
+}
+
+/** Writes all of `bytes` at the end of the append-mode file `fd`, continuing after short writes. */
+function writeAllSync(fd: number, bytes: Uint8Array): void {
+  for (let done = 0; done < bytes.length;) {
+    const n = fss.writeSync(fd, bytes, done, bytes.length - done);
+    if (n <= 0) throw new FerryError("IO_ERROR", "Cannot write: the file accepted no bytes");
+    done += n;
   }
 }
 
@@ -1027,7 +1073,7 @@ interface UploadInit {
   /** A sidecar for this key may exist on disk (it must be deleted when the upload ends). */
   sidecarOnDisk: boolean;
   release: () => void;
-  commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
+  commit: (temp: string, header: FileHeader, image?: ReceiptImage, file?: PartialFile) => Promise<Receipt>;
   findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
   inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   syncEveryBytes: number;
@@ -1070,7 +1116,12 @@ export class Upload {
   readonly size: number;
   /** The validated (NFC) requested name. */
   readonly name: string;
-  readonly #commit: (temp: string, header: FileHeader, image?: ReceiptImage) => Promise<Receipt>;
+  readonly #commit: (
+    temp: string,
+    header: FileHeader,
+    image?: ReceiptImage,
+    file?: PartialFile,
+  ) => Promise<Receipt>;
   readonly #findDuplicate: (name: string, sha256: string) => Promise<Receipt | undefined>;
   readonly #inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   readonly #header: FileHeader;
@@ -1283,7 +1334,6 @@ export class Upload {
         }
         await this.#durable(this.#handle);
         this.#closed = true;
-        await this.#handle.close();
         // Deleted before the partial (as everywhere): a sidecar on disk always has its partial beside
         // it, which lets begin() skip looking for one. A file that arrived whole before its first
         // checkpoint never had one.
@@ -1291,7 +1341,13 @@ export class Upload {
           rmForceSync(this.#sidecarPath);
           this.#sidecarOnDisk = false;
         }
-        const receipt = await this.#commit(this.#partPath, header, image);
+        let receipt: Receipt;
+        try {
+          // Still open: its descriptor serves the syncfs that makes the name and receipt durable.
+          receipt = await this.#commit(this.#partPath, header, image, this.#handle);
+        } finally {
+          await this.#handle.close();
+        }
         this.#settled = true;
         this.#release();
         return receipt;
