@@ -20,6 +20,15 @@ const MAX_READ = 256 * 1024;
 const MIN_READ = 16 * 1024;
 /** Queued parts smaller than this are joined into one buffer (up to this size): one write op for many small frames. */
 const COALESCE_LIMIT = 64 * 1024;
+/**
+ * Small frames of at most this many bytes in all, queued just before a large one, are copied in front of
+ * it so both leave in one send. Deno's sockets have no writev, and on loopback each send also runs the
+ * receiver's TCP input and wakes it: sending 2,000 files of 64 KiB took 5,357 sends (a FILE header and an
+ * END apart from each DATA frame) where node:net on Bun made 2,095.
+ */
+const PREFIX_JOIN_MAX = 4 * 1024;
+/** Largest frame copied that way (a small file's DATA frame); larger ones, a big file's chunks, go alone. */
+const JOIN_FRAME_MAX = 128 * 1024 + 64;
 /** Longest a close() waits for the last few queued small frames to be written. */
 const CLOSE_LINGER_MS = 1_000;
 /**
@@ -85,6 +94,8 @@ class DenoConnection implements Connection {
   #isClosed = false;
   #resolveClosed!: () => void;
   #pending: Uint8Array[] = [];
+  /** Where a large frame and the small ones around it are joined (see PREFIX_JOIN_MAX). */
+  #scratch?: Uint8Array;
   #flushing: Promise<void> | undefined;
   #drainWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   #queued = 0;
@@ -180,50 +191,60 @@ class DenoConnection implements Connection {
         this.#queued += part.length;
       }
     }
-    if (this.#flushing === undefined) {
-      if (this.#queued >= COALESCE_LIMIT) {
-        this.#flushing = this.#flush();
-      } else if (!this.#flushArmed) {
-        // Only small frames so far (ACCEPT, RECEIPT, PONG…): wait for the end of this turn of the
-        // event loop, so the frames every I/O completion in it produces leave in one write op (one
-        // send syscall) instead of one each.
-        this.#flushArmed = true;
-        setImmediate(this.#flushSoon);
-      }
+    if (this.#flushing === undefined && !this.#flushArmed) {
+      // Wait for the end of this turn of the event loop, so the frames it produces leave in as few
+      // sends as possible (see #flush): the RECEIPTs every I/O completion in it produces, or a sender's
+      // DATA frame with the END after it and the next file's FILE header.
+      this.#flushArmed = true;
+      setImmediate(this.#flushSoon);
     }
     if (this.#queued <= WRITE_HIGH_WATER) return Promise.resolve();
     return new Promise((resolve, reject) => this.#drainWaiters.push({ resolve, reject }));
   }
 
   /**
-   * Writes everything queued, one op per batch: small parts queued meanwhile
-   * (headers, control frames) are joined, large payloads go as they are.
+   * Writes everything queued, in as few sends as it can without copying large payloads: small parts
+   * (headers, control frames) are joined, up to {@linkcode COALESCE_LIMIT}; a large frame of at most
+   * {@linkcode JOIN_FRAME_MAX} goes with the small ones around it, up to {@linkcode PREFIX_JOIN_MAX}
+   * of them, copied into the scratch buffer; larger frames go as they are.
    */
   async #flush(): Promise<void> {
     try {
       while (this.#pending.length > 0) {
         const batch = this.#pending;
         this.#pending = [];
-        let small: Uint8Array[] = [];
-        let smallBytes = 0;
-        const flushSmall = async () => {
-          if (small.length === 0) return;
-          const joined = joinBytes(small, smallBytes);
-          small = [];
-          smallBytes = 0;
-          await this.#writeAll(joined);
+        let group: Uint8Array[] = [];
+        let groupBytes = 0;
+        /** The large frame in `group`, if any (at most one). */
+        let large: Uint8Array | undefined;
+        const send = async () => {
+          if (group.length === 0) return;
+          const chunk = group.length === 1
+            ? group[0]
+            : large
+            ? this.#joinInScratch(group, groupBytes)
+            : joinBytes(group, groupBytes);
+          group = [];
+          groupBytes = 0;
+          large = undefined;
+          await this.#writeAll(chunk);
         };
         for (const part of batch) {
           if (part.length >= COALESCE_LIMIT) {
-            await flushSmall();
-            await this.#writeAll(part);
-          } else {
-            if (smallBytes + part.length > COALESCE_LIMIT) await flushSmall();
-            small.push(part);
-            smallBytes += part.length;
+            if (part.length > JOIN_FRAME_MAX) {
+              await send();
+              await this.#writeAll(part);
+              continue;
+            }
+            if (large || groupBytes > PREFIX_JOIN_MAX) await send();
+            large = part;
+          } else if (groupBytes + part.length > (large ? large.length + PREFIX_JOIN_MAX : COALESCE_LIMIT)) {
+            await send();
           }
+          group.push(part);
+          groupBytes += part.length;
         }
-        await flushSmall();
+        await send();
         if (this.#queued <= WRITE_HIGH_WATER) {
           for (const w of this.#drainWaiters.splice(0)) w.resolve();
         }
@@ -237,6 +258,21 @@ class DenoConnection implements Connection {
     } finally {
       this.#flushing = undefined;
     }
+  }
+
+  /**
+   * `parts` (one large frame and small ones around it) copied one after another into this connection's
+   * scratch buffer, made on first use and reused: each write is awaited before the next join.
+   */
+  #joinInScratch(parts: Uint8Array[], length: number): Uint8Array {
+    this.#scratch ??= new Uint8Array(PREFIX_JOIN_MAX + JOIN_FRAME_MAX);
+    const out = this.#scratch.subarray(0, length);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
   }
 
   async #writeAll(chunk: Uint8Array): Promise<void> {
