@@ -4,6 +4,7 @@
  * @module
  */
 import process from "node:process";
+import { setImmediate } from "node:timers";
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { FerryError } from "../errors.ts";
@@ -389,15 +390,31 @@ type Level = "info" | "warn" | "error";
 
 /** One line per event: human-readable, or JSON with --log-json. Names are escaped by the callers. */
 function makeLogger(json: boolean, quiet: boolean) {
-  // `text` may be a function: a line per file is only formatted when it is printed.
+  // A busy server logs a line per connection and per file: the lines of one turn of the event loop go
+  // out in one write at its end (on Deno each write to stdout is a synchronous call, 45 ms per 2,000
+  // files in bench (b)). Anything but routine info goes out at once, with what was waiting before it.
+  let waiting: string[] = [];
+  const flush = () => {
+    if (waiting.length === 0) return;
+    const lines = waiting.join("\n");
+    waiting = [];
+    out(lines);
+  };
+  process.on("exit", flush);
   return (level: Level, fields: Record<string, unknown>, text: string | (() => string)) => {
     if (quiet && level === "info" && fields.event !== "listening" && fields.event !== "http") return;
     const time = new Date().toISOString();
-    if (json) out(JSON.stringify({ time, level, ...fields }));
-    else {out(
-        `${time} ${level === "info" ? "" : level.toUpperCase() + " "}${
+    waiting.push(
+      json
+        ? JSON.stringify({ time, level, ...fields })
+        : `${time} ${level === "info" ? "" : level.toUpperCase() + " "}${
           typeof text === "function" ? text() : text
         }`,
-      );}
+    );
+    if (level !== "info" || !ROUTINE_EVENTS.has(fields.event as string)) flush();
+    else if (waiting.length === 1) setImmediate(flush);
   };
 }
+
+/** Events logged many times a second on a busy server, whose lines may wait for the end of the turn. */
+const ROUTINE_EVENTS = new Set(["connect", "disconnect", "file", "message"]);
