@@ -40,9 +40,9 @@ Options:
                               so storing it has little left to write; 0 = off (default 1M on Linux,
                               0 elsewhere)
   --sync-mode MODE            batch: files finishing together share one syncfs(2), one disk cache flush
-                              (Linux; Deno needs --allow-ffi, else it falls back to file); file: an
-                              fsync per file, for an inbox on a disk other programs write much to
-                              (default batch)
+                              (Linux 5.8+ on ext4, XFS or btrfs; Deno needs --allow-ffi; elsewhere it
+                              falls back to file); file: an fsync per file, for an inbox on a disk
+                              other programs write much to (default batch)
   --max-message-size SIZE     Largest text message (default 64K)
   --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)
@@ -292,10 +292,8 @@ export async function serveMain(args: string[]): Promise<number> {
   const grouping = server.inbox.syncStats.grouping;
   const syncNote = grouping || parsed.options.syncMode === "file" || process.platform !== "linux"
     ? ""
-    : `, an fsync per file (syncfs unavailable${
-      typeof (globalThis as { Deno?: unknown }).Deno !== "undefined"
-        ? ": grant --allow-ffi to batch them"
-        : ""
+    : `, an fsync per file (no safe syncfs: it needs Linux 5.8+, ext4, XFS or btrfs${
+      typeof (globalThis as { Deno?: unknown }).Deno !== "undefined" ? ", and --allow-ffi on Deno" : ""
     })`;
   // Before "listening", so whoever waits for that line can already find the dashboard's port.
   if (server.http) {

@@ -5,11 +5,17 @@
  *
  * Linux (glibc) only, through each runtime's FFI: Deno's `Deno.dlopen` with a nonblocking symbol
  * (it runs on its own thread and returns a promise; needs `--allow-ffi`, checked without a prompt),
- * Bun's `bun:ffi` in a worker thread (its calls block the caller). Anywhere else, or when the
- * library cannot be loaded, there is none and every file gets its own fsync.
+ * Bun's `bun:ffi` in a worker thread (its calls block the caller). Only where it is as safe as an
+ * fsync per file ({@linkcode syncFsFor}): Linux 5.8 or later (before, syncfs did not report
+ * writeback errors), on ext4, XFS or btrfs (whose syncfs flushes the drive's cache), with `node:fs`
+ * descriptors that are the kernel's own (checked once on Deno). Anywhere else, or when the library
+ * cannot be loaded, there is none and every file gets its own fsync.
  *
  * @module
  */
+import * as fs from "node:fs";
+import { release } from "node:os";
+import * as path from "node:path";
 import process from "node:process";
 import { Worker } from "node:worker_threads";
 
@@ -21,6 +27,53 @@ import { Worker } from "node:worker_threads";
 export type SyncFs = (fd: number) => Promise<number>;
 
 let loaded: SyncFs | null | undefined;
+/** Deno only: checks that a `node:fs` descriptor is the kernel's (see {@linkcode syncFsFor}). */
+let probeDescriptor: ((fd: number, size: number) => boolean) | undefined;
+let descriptorsChecked: boolean | undefined;
+
+/** statfs(2) magic numbers of the filesystems whose syncfs writes everything and flushes the drive cache. */
+const SYNCFS_FILESYSTEMS = new Set([0xef53, /* ext2/3/4 */ 0x58465342, /* XFS */ 0x9123683e /* btrfs */]);
+
+/**
+ * The runtime's `syncfs(2)` if it may replace an fsync per file for files in `dir`: see the module
+ * doc. `dir` must be writable: on Deno a probe file is created and removed there once per process.
+ *
+ * @example
+ * ```ts ignore
+ * const syncfs = syncFsFor("./inbox/.ferry/partial"); // undefined: fsync each file
+ * ```
+ */
+export function syncFsFor(dir: string): SyncFs | undefined {
+  const syncfs = loadSyncFs();
+  if (!syncfs || !kernelReportsErrors()) return undefined;
+  try {
+    if (!SYNCFS_FILESYSTEMS.has(Number(fs.statfsSync(dir).type))) return undefined;
+    descriptorsChecked ??= probeDescriptor ? probe(dir, probeDescriptor) : true;
+  } catch {
+    return undefined;
+  }
+  return descriptorsChecked ? syncfs : undefined;
+}
+
+/** Linux 5.8 and later report writeback errors to syncfs. */
+function kernelReportsErrors(): boolean {
+  const [major, minor] = release().split(".").map((n) => parseInt(n, 10));
+  return major > 5 || (major === 5 && minor >= 8);
+}
+
+/** Writes a probe file through `node:fs` and asks the kernel, through FFI, how long its descriptor's file is. */
+function probe(dir: string, check: (fd: number, size: number) => boolean): boolean {
+  const file = path.join(dir, `.syncfs-probe-${process.pid}`);
+  const fd = fs.openSync(file, "w+");
+  try {
+    const size = 4099;
+    fs.writeSync(fd, new Uint8Array(size), 0, size, 0);
+    return check(fd, size);
+  } finally {
+    fs.closeSync(fd);
+    fs.rmSync(file, { force: true });
+  }
+}
 
 /**
  * The runtime's `syncfs(2)`, loaded once; undefined where there is none (see the module doc).
@@ -50,7 +103,12 @@ function denoSyncFs(): SyncFs | undefined {
   if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return undefined;
   const lib = Deno.dlopen("libc.so.6", {
     syncfs: { parameters: ["i32"], result: "i32", nonblocking: true },
+    lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   });
+  // Older Deno releases gave node:fs callers resource ids, not descriptors: syncfs on one would sync
+  // whatever the kernel has under that number, perhaps another filesystem, and report success.
+  const SEEK_END = 2;
+  probeDescriptor = (fd, size) => Number(lib.symbols.lseek(fd, 0n, SEEK_END)) === size;
   return (fd) => lib.symbols.syncfs(fd);
 }
 
@@ -69,7 +127,8 @@ function bunSyncFs(): SyncFs {
   let worker: Worker | undefined;
   let nextId = 0;
   const waiting = new Map<number, (result: number) => void>();
-  const failAll = () => {
+  const failAll = (w: Worker) => {
+    if (worker !== w) return; // an earlier worker's late exit
     worker = undefined;
     for (const resolve of waiting.values()) resolve(-1);
     waiting.clear();
@@ -84,8 +143,8 @@ function bunSyncFs(): SyncFs {
         if (waiting.size === 0) w.unref();
       });
       // A worker that cannot load or dies answers -1 to all: each file is then fsynced on its own.
-      w.on("error", failAll);
-      w.on("exit", failAll);
+      w.on("error", () => failAll(w));
+      w.on("exit", () => failAll(w));
       worker = w;
     }
     const id = nextId++;

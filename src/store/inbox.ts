@@ -21,7 +21,7 @@ import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
 import { joinBytes } from "../framing/frame.ts";
 import { handlePartial, openPartial, type PartialFile, writeAll } from "../runtime/files.ts";
-import { loadSyncFs, type SyncFs } from "../runtime/syncfs.ts";
+import { type SyncFs, syncFsFor } from "../runtime/syncfs.ts";
 import { GroupSync, type GroupSyncStats } from "./group_sync.ts";
 
 /**
@@ -77,7 +77,7 @@ export interface InboxOptions {
    * runtime offers it ({@linkcode GroupSync}); `"file"`: an fsync per file.
    */
   syncMode?: SyncMode;
-  /** The `syncfs(2)` that `"batch"` uses; default the runtime's (`loadSyncFs()`), if any. */
+  /** The `syncfs(2)` that `"batch"` uses; default the runtime's, where it is safe (`syncFsFor()`). */
   syncfs?: SyncFs;
   /** Default 64 MiB: free space that must remain after storing the declared size. */
   minFreeBytes?: number;
@@ -332,6 +332,11 @@ export class Inbox {
   #pendingAppends = new Map<string, { lines: string[]; done: Promise<void> }>();
   /** The ndjson files, kept open for appending (opened on first use, reopened after an error). */
   #appendFds = new Map<string, number>();
+  /** Receipt lines written by {@linkcode #appendNow} so far, and the receipts fsync running, if any. */
+  #receiptLines = 0;
+  #receiptsSync?: { fd: number; upTo: number; done: Promise<void> };
+  /** Names and receipt lines waiting to be made durable ({@linkcode close} waits for them). */
+  #barriers = new Set<Promise<void>>();
   /** Directories kept open for their fsyncs, with the identity they had when opened. */
   #dirHandles = new Map<string, DirHandle>();
   /**
@@ -356,8 +361,10 @@ export class Inbox {
     this.dir = dir;
     this.#realDir = realDir;
     this.#opts = opts;
-    this.#groupSync = new GroupSync(opts.syncMode === "batch" ? opts.syncfs ?? loadSyncFs() : undefined);
     this.#partialDir = path.join(dir, STATE_DIR, "partial");
+    this.#groupSync = new GroupSync(
+      opts.syncMode === "batch" ? opts.syncfs ?? syncFsFor(this.#partialDir) : undefined,
+    );
     this.#freshDir = path.join(dir, STATE_DIR, "fresh");
     this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
     this.#messagesPath = path.join(dir, STATE_DIR, "messages.ndjson");
@@ -707,11 +714,17 @@ export class Inbox {
     const fsyncParent = () => syncDir(parent, () => this.#fsyncDir(parent, checked.st));
     try {
       if (file && this.#groupSync.grouping) {
-        const fd = this.#appendNow(this.#receiptsPath, line);
-        await this.#groupSync.barrier(file.fd, file.serial, async () => {
+        const written = this.#appendNow(this.#receiptsPath, line);
+        const durable = this.#groupSync.barrier(file.fd, file.serial, async () => {
           await fsyncParent();
-          await fsyncFd(fd);
+          await this.#syncReceipts(written);
         });
+        this.#barriers.add(durable);
+        try {
+          await durable;
+        } finally {
+          this.#barriers.delete(durable);
+        }
       } else {
         await fsyncParent();
         await this.#append(this.#receiptsPath, line);
@@ -965,6 +978,7 @@ export class Inbox {
    * ```
    */
   async close(): Promise<void> {
+    await Promise.allSettled([...this.#barriers]);
     await this.#appendTail;
     for (const fd of this.#appendFds.values()) this.#closeFd(fd);
     this.#appendFds.clear();
@@ -981,10 +995,46 @@ export class Inbox {
   }
 
   /**
-   * Writes a line at the end of an ndjson file now, not durably (see {@linkcode #commit}); returns the
-   * kept-open descriptor it went through.
+   * Makes the receipt line `written` durable by an fsync of the receipts file, shared: a line written
+   * before a running fsync started waits for that one; its failure fails every line it covered (the
+   * kernel reports an error to one fsync only, so a later one would wrongly succeed), and the file is
+   * closed, to be opened again for later lines.
    */
-  #appendNow(file: string, line: string): number {
+  async #syncReceipts(written: { fd: number; line: number }): Promise<void> {
+    for (;;) {
+      const running = this.#receiptsSync;
+      if (running?.fd === written.fd && running.upTo >= written.line) return await running.done;
+      if (running) {
+        await running.done.catch(() => {});
+        continue;
+      }
+      if (this.#appendFds.get(this.#receiptsPath) !== written.fd) {
+        // Closed after a failed write or fsync, which may have lost this line with it.
+        throw new FerryError("IO_ERROR", "Cannot record the receipt: the receipts file failed");
+      }
+      const fd = written.fd;
+      const sync: { fd: number; upTo: number; done: Promise<void> } = {
+        fd,
+        upTo: this.#receiptLines,
+        done: fsyncFd(fd).catch((e) => {
+          if (this.#appendFds.get(this.#receiptsPath) === fd) this.#appendFds.delete(this.#receiptsPath);
+          this.#closeFd(fd);
+          throw e;
+        }).finally(() => {
+          if (this.#receiptsSync === sync) this.#receiptsSync = undefined;
+        }),
+      };
+      this.#receiptsSync = sync;
+      return await sync.done;
+    }
+  }
+
+  /**
+   * Writes a receipt line at the end of the receipts file now, not durably (see {@linkcode #commit});
+   * returns the kept-open descriptor it went through and the line's number, for
+   * {@linkcode #syncReceipts}.
+   */
+  #appendNow(file: string, line: string): { fd: number; line: number } {
     let fd = this.#appendFds.get(file);
     if (fd === undefined) {
       fd = fss.openSync(file, "a");
@@ -993,7 +1043,7 @@ export class Inbox {
     }
     try {
       writeAllSync(fd, new TextEncoder().encode(line));
-      return fd;
+      return { fd, line: ++this.#receiptLines };
     } catch (e) {
       if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
       this.#closeFd(fd);
@@ -1334,19 +1384,20 @@ export class Upload {
         }
         await this.#durable(this.#handle);
         this.#closed = true;
-        // Deleted before the partial (as everywhere): a sidecar on disk always has its partial beside
-        // it, which lets begin() skip looking for one. A file that arrived whole before its first
-        // checkpoint never had one.
-        if (this.#sidecarOnDisk) {
-          rmForceSync(this.#sidecarPath);
-          this.#sidecarOnDisk = false;
-        }
         let receipt: Receipt;
         try {
+          // Deleted before the partial (as everywhere): a sidecar on disk always has its partial beside
+          // it, which lets begin() skip looking for one. A file that arrived whole before its first
+          // checkpoint never had one.
+          if (this.#sidecarOnDisk) {
+            rmForceSync(this.#sidecarPath);
+            this.#sidecarOnDisk = false;
+          }
           // Still open: its descriptor serves the syncfs that makes the name and receipt durable.
           receipt = await this.#commit(this.#partPath, header, image, this.#handle);
         } finally {
-          await this.#handle.close();
+          // Stored and recorded, or failed: either way a failed close changes nothing for the sender.
+          await this.#handle.close().catch(() => {});
         }
         this.#settled = true;
         this.#release();

@@ -5,12 +5,13 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { createHash } from "node:crypto";
 import { execFileSync } from "node:child_process";
+import * as fss from "node:fs";
 import { rmSync, writeFileSync } from "node:fs";
 import process from "node:process";
 import { FerryError } from "../../src/errors.ts";
 import { type FileHeader, Inbox, type InboxOptions, type Receipt, Upload } from "../../src/store/inbox.ts";
 import { openPartial, type PartialFile } from "../../src/runtime/files.ts";
-import { loadSyncFs } from "../../src/runtime/syncfs.ts";
+import { loadSyncFs, syncFsFor } from "../../src/runtime/syncfs.ts";
 import { GroupSync } from "../../src/store/group_sync.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -1062,7 +1063,9 @@ describe("Inbox durability: files finishing together share a syncfs", () => {
   }
 
   it("batch: one file alone gets its own fsync, the ones finishing behind it one syncfs, all on disk", {
-    skip: loadSyncFs() ? false : "this runtime offers no syncfs here",
+    skip: syncFsFor(os.tmpdir())
+      ? false
+      : "no syncfs that is safe to use here (runtime, kernel or filesystem)",
   }, async () => {
     const inbox = await open();
     assert.equal(inbox.syncStats.grouping, true);
@@ -1074,6 +1077,21 @@ describe("Inbox durability: files finishing together share a syncfs", () => {
     assert.equal(s.fileSyncs + s.groupedFiles, 2 * FILES);
     assert.equal(s.groupFailures, 0);
     assert.notEqual(someCachedOnly(receipts), true, "every stored file's data is on disk");
+  });
+
+  it("no syncfs where it may not be as safe as an fsync per file: tmpfs", {
+    skip: process.platform === "linux" && fss.existsSync("/dev/shm") ? false : "needs Linux /dev/shm",
+  }, async () => {
+    const shm = await fs.mkdtemp("/dev/shm/ferry-syncfs-");
+    try {
+      assert.equal(syncFsFor(shm), undefined);
+      const inbox = await Inbox.open({ dir: path.join(shm, "inbox") });
+      assert.equal(inbox.syncStats.grouping, false);
+      await send(inbox, headerFor("a.txt", text("on tmpfs")), text("on tmpfs"));
+      assert.equal(inbox.syncStats.fileSyncs, 1);
+    } finally {
+      await fs.rm(shm, { recursive: true, force: true });
+    }
   });
 
   it("file: an fsync per file, and no syncfs", async () => {
@@ -1105,7 +1123,7 @@ describe("Inbox durability: files finishing together share a syncfs", () => {
     assert.deepEqual([calls, s.groupFailures, s.groupSyncs, s.grouping], [1, 1, 0, false], JSON.stringify(s));
     assert.ok(s.fileSyncs >= FILES, "every file was fsynced on its own");
     assert.notEqual(someCachedOnly(receipts), true);
-    // The receipts were recorded durably all the same: a new inbox reads every one.
+    // Every receipt was recorded all the same: a new inbox reads every one.
     await inbox.close();
     assert.equal((await open()).receipts().length, FILES);
   });
