@@ -357,6 +357,13 @@ export async function serveMain(args: string[]): Promise<number> {
         }" ${formatBytes(receipt.size)} sha256:${receipt.sha256.slice(0, 16)}…`,
     );
   });
+  server.on("syncFallback", () => {
+    log(
+      "warn",
+      { event: "sync_fallback" },
+      "a syncfs failed (a disk write error?): every file gets its own fsync from now on",
+    );
+  });
   server.on("fileError", ({ connection, name, error }) => {
     log(
       "warn",

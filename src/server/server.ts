@@ -109,6 +109,8 @@ export interface ServerEvents extends Record<string, unknown> {
   file: { connection: ConnectionInfo; receipt: Receipt };
   fileError: { connection: ConnectionInfo; name: string; error: FerryError };
   message: { connection: ConnectionInfo; id: number; text: string; receivedAt: string };
+  /** A syncfs failed: every file gets its own fsync from now on (see `ServerOptions.syncMode`). */
+  syncFallback: Record<string, never>;
 }
 
 /** A running server, returned by {@linkcode serve}. */
@@ -227,6 +229,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
 export async function serve(options: ServerOptions): Promise<ServerHandle> {
   const o = resolve(options);
   const runtime = options.runtime ?? defaultRuntime();
+  const events = new Emitter<ServerEvents>();
   const inbox = await Inbox.open({
     dir: o.dir,
     onCollision: o.onCollision,
@@ -239,8 +242,8 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
     syncEveryBytes: o.syncEveryBytes,
     flushAheadBytes: o.flushAheadBytes,
     syncMode: o.syncMode,
+    onSyncFallback: () => events.emit("syncFallback", {}),
   });
-  const events = new Emitter<ServerEvents>();
   const sessions = new Set<Session>();
   const perIp = new Map<string, number>();
   const auth = o.token === undefined ? undefined : new AuthGate(o.token, o.maxAuthFailuresPerMinute);

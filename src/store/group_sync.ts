@@ -54,10 +54,15 @@ export class GroupSync {
   #waiting: Waiter[] = [];
   #running = false;
   readonly stats: GroupSyncStats = { fileSyncs: 0, groupSyncs: 0, groupedFiles: 0, groupFailures: 0 };
+  readonly #onFallback?: () => void;
 
-  /** Without `syncfs`, each waiter is served by its own fsync, all at once. */
-  constructor(syncfs?: SyncFs) {
+  /**
+   * Without `syncfs`, each waiter is served by its own fsync, all at once. `onFallback` is called once,
+   * when a failed syncfs turns grouping off.
+   */
+  constructor(syncfs?: SyncFs, onFallback?: () => void) {
     this.#syncfs = syncfs;
+    this.#onFallback = onFallback;
   }
 
   /** Whether waiters at the same time share a syncfs (else each gets its own fsync). */
@@ -120,6 +125,11 @@ export class GroupSync {
       // a failure, every waiter gets its own fsync from here on, which reports errors per file.
       this.#syncfs = undefined;
       this.stats.groupFailures++;
+      try {
+        this.#onFallback?.();
+      } catch {
+        // A listener's error is not the files' error.
+      }
       return false;
     }
     this.stats.groupSyncs++;

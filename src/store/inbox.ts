@@ -79,6 +79,8 @@ export interface InboxOptions {
   syncMode?: SyncMode;
   /** The `syncfs(2)` that `"batch"` uses; default the runtime's, where it is safe (`syncFsFor()`). */
   syncfs?: SyncFs;
+  /** Called once if a syncfs fails, after which every file gets its own fsync until the inbox is opened again. */
+  onSyncFallback?: () => void;
   /** Default 64 MiB: free space that must remain after storing the declared size. */
   minFreeBytes?: number;
   /** Default 0 = unlimited; larger files are refused with `FILE_TOO_LARGE`. */
@@ -364,6 +366,7 @@ export class Inbox {
     this.#partialDir = path.join(dir, STATE_DIR, "partial");
     this.#groupSync = new GroupSync(
       opts.syncMode === "batch" ? opts.syncfs ?? syncFsFor(this.#partialDir) : undefined,
+      opts.onSyncFallback,
     );
     this.#freshDir = path.join(dir, STATE_DIR, "fresh");
     this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
@@ -1550,8 +1553,8 @@ export class Upload {
 }
 
 type CheckedOptions =
-  & Required<Omit<InboxOptions, "dir" | "inspect" | "syncfs">>
-  & Pick<InboxOptions, "inspect" | "syncfs">;
+  & Required<Omit<InboxOptions, "dir" | "inspect" | "syncfs" | "onSyncFallback">>
+  & Pick<InboxOptions, "inspect" | "syncfs" | "onSyncFallback">;
 
 function checkOptions(o: InboxOptions): CheckedOptions {
   if (typeof o?.dir !== "string" || o.dir === "") {
@@ -1580,6 +1583,9 @@ function checkOptions(o: InboxOptions): CheckedOptions {
   if (o.inspect !== undefined && typeof o.inspect !== "function") {
     throw new FerryError("INTERNAL", "Cannot open inbox: inspect must be a function");
   }
+  if (o.onSyncFallback !== undefined && typeof o.onSyncFallback !== "function") {
+    throw new FerryError("INTERNAL", "Cannot open inbox: onSyncFallback must be a function");
+  }
   return {
     onCollision,
     partialTtlMs: num("partialTtlMs"),
@@ -1587,6 +1593,7 @@ function checkOptions(o: InboxOptions): CheckedOptions {
     flushAheadBytes: num("flushAheadBytes"),
     syncMode,
     syncfs: o.syncfs,
+    onSyncFallback: o.onSyncFallback,
     minFreeBytes: num("minFreeBytes"),
     maxFileSize: num("maxFileSize"),
     inspect: o.inspect,

@@ -1112,15 +1112,18 @@ describe("Inbox durability: files finishing together share a syncfs", () => {
 
   it("a failed syncfs falls back to an fsync per file from then on, and loses nothing", async () => {
     let calls = 0;
+    let fallbacks = 0;
     const inbox = await open({
       syncfs: () => {
         calls++;
         return Promise.resolve(-1);
       },
+      onSyncFallback: () => fallbacks++,
     });
     const { receipts } = await finishTogether(inbox);
     const s = inbox.syncStats;
     assert.deepEqual([calls, s.groupFailures, s.groupSyncs, s.grouping], [1, 1, 0, false], JSON.stringify(s));
+    assert.equal(fallbacks, 1, "told once that grouping stopped");
     assert.ok(s.fileSyncs >= FILES, "every file was fsynced on its own");
     assert.notEqual(someCachedOnly(receipts), true);
     // Every receipt was recorded all the same: a new inbox reads every one.
