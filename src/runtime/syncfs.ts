@@ -31,8 +31,8 @@ let loaded: SyncFs | null | undefined;
 let probeDescriptor: ((fd: number, size: number) => boolean) | undefined;
 let descriptorsChecked: boolean | undefined;
 
-/** statfs(2) magic numbers of the filesystems whose syncfs writes everything and flushes the drive cache. */
-const SYNCFS_FILESYSTEMS = new Set([0xef53, /* ext2/3/4 */ 0x58465342, /* XFS */ 0x9123683e /* btrfs */]);
+/** statfs(2) magic numbers of ext2/3/4, XFS and btrfs, whose syncfs writes everything and flushes the drive cache. */
+const SYNCFS_FILESYSTEMS = new Set([0xef53, 0x58465342, 0x9123683e]);
 
 /**
  * The runtime's `syncfs(2)` if it may replace an fsync per file for files in `dir`: see the module
