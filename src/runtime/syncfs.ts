@@ -21,7 +21,7 @@ import { Worker } from "node:worker_threads";
 
 /**
  * Runs `syncfs(fd)`: resolves to 0 when everything written to the filesystem holding `fd` is on
- * stable storage and no writeback error was recorded on it since `fd` was opened, to -1 otherwise
+ * stable storage and (Linux 5.8+) no writeback error was recorded on it since `fd` was opened, to -1 otherwise
  * (the caller then fsyncs each of its files, which says which one failed and why).
  */
 export type SyncFs = (fd: number) => Promise<number>;

@@ -82,7 +82,8 @@ export interface ServerOptions {
   flushAheadBytes?: number;
   /**
    * How finished files are made durable. Default `"batch"`: files finishing while another is being
-   * synced share one `syncfs(2)` (Linux; on Deno it needs `--allow-ffi`, else it falls back);
+   * synced share one `syncfs(2)` where that is as safe as an fsync per file (Linux 5.8+, ext4, XFS or
+   * btrfs, and on Deno `--allow-ffi`), else an fsync per file;
    * `"file"`: an fsync per file, for an inbox on a filesystem that other programs write much to.
    */
   syncMode?: SyncMode;

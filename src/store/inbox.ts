@@ -73,8 +73,8 @@ export interface InboxOptions {
    */
   flushAheadBytes?: number;
   /**
-   * Default `"batch"`: files that finish while another is being synced share one `syncfs(2)` where the
-   * runtime offers it ({@linkcode GroupSync}); `"file"`: an fsync per file.
+   * Default `"batch"`: files that finish while another is being synced share one `syncfs(2)` where that is
+   * as safe as an fsync per file (`syncFsFor()`, {@linkcode GroupSync}); `"file"`: an fsync per file.
    */
   syncMode?: SyncMode;
   /** The `syncfs(2)` that `"batch"` uses; default the runtime's, where it is safe (`syncFsFor()`). */
@@ -376,7 +376,7 @@ export class Inbox {
 
   /**
    * How finished files have been made durable so far; `grouping` says whether files finishing
-   * together share a `syncfs(2)` (`syncMode` `"batch"` on a runtime that offers it).
+   * together share a `syncfs(2)` (`syncMode` `"batch"` where `syncFsFor()` allows it, until a syncfs fails).
    *
    * @example
    * ```ts ignore
@@ -1020,8 +1020,7 @@ export class Inbox {
         fd,
         upTo: this.#receiptLines,
         done: fsyncFd(fd).catch((e) => {
-          if (this.#appendFds.get(this.#receiptsPath) === fd) this.#appendFds.delete(this.#receiptsPath);
-          this.#closeFd(fd);
+          this.#dropAppendFd(this.#receiptsPath, fd);
           throw e;
         }).finally(() => {
           if (this.#receiptsSync === sync) this.#receiptsSync = undefined;
@@ -1038,20 +1037,34 @@ export class Inbox {
    * {@linkcode #syncReceipts}.
    */
   #appendNow(file: string, line: string): { fd: number; line: number } {
+    const fd = this.#appendFd(file);
+    try {
+      writeAllSync(fd, new TextEncoder().encode(line));
+      return { fd, line: ++this.#receiptLines };
+    } catch (e) {
+      this.#dropAppendFd(file, fd);
+      throw e;
+    }
+  }
+
+  /**
+   * The ndjson file `file`, kept open for appending between writes: an open and a close less per batch.
+   * Opened synchronously on first use (once per inbox, or after an error).
+   */
+  #appendFd(file: string): number {
     let fd = this.#appendFds.get(file);
     if (fd === undefined) {
       fd = fss.openSync(file, "a");
       this.#fds.add(fd);
       this.#appendFds.set(file, fd);
     }
-    try {
-      writeAllSync(fd, new TextEncoder().encode(line));
-      return { fd, line: ++this.#receiptLines };
-    } catch (e) {
-      if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
-      this.#closeFd(fd);
-      throw e;
-    }
+    return fd;
+  }
+
+  /** After a failed write or fsync: closes `fd`, so the next write opens `file` again. */
+  #dropAppendFd(file: string, fd: number): void {
+    if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
+    this.#closeFd(fd);
   }
 
   /**
@@ -1069,21 +1082,13 @@ export class Inbox {
       const run = async () => {
         // From here on, new lines start the next batch.
         if (this.#pendingAppends.get(file)?.lines === lines) this.#pendingAppends.delete(file);
-        // Kept open between batches: an open and a close less per batch. After an error it is closed
-        // and the next batch opens the file again.
-        let fd = this.#appendFds.get(file);
-        if (fd === undefined) {
-          fd = await openFd(file, "a");
-          this.#fds.add(fd);
-          this.#appendFds.set(file, fd);
-        }
+        const fd = this.#appendFd(file);
         try {
           // A few hundred bytes into the page cache: cheaper done here than as a thread-pool job.
           writeAllSync(fd, new TextEncoder().encode(lines.join("")));
           await fsyncFd(fd);
         } catch (e) {
-          if (this.#appendFds.get(file) === fd) this.#appendFds.delete(file);
-          this.#closeFd(fd);
+          this.#dropAppendFd(file, fd);
           throw e;
         }
       };
