@@ -43,6 +43,10 @@ Options:
                               (Linux 5.8+ on ext4, XFS or btrfs; Deno needs --allow-ffi; elsewhere it
                               falls back to file); file: an fsync per file, for an inbox on a disk
                               other programs write much to (default batch)
+  --keep-page-cache           Keep received data in the OS page cache. By default, once a stretch of
+                              a large upload is on disk it is dropped from the cache (posix_fadvise;
+                              Linux, and Deno needs --allow-ffi), so a big upload does not evict
+                              other programs' cached files
   --max-message-size SIZE     Largest text message (default 64K)
   --max-open-files N          Files in flight at once on one connection (default 64)
   --heartbeat-interval DUR    PING interval (default 5s)
@@ -99,6 +103,7 @@ export async function parseServeArgs(
       "sync-every": { type: "string" },
       "flush-ahead": { type: "string" },
       "sync-mode": { type: "string" },
+      "keep-page-cache": { type: "boolean" },
       "max-message-size": { type: "string" },
       "max-open-files": { type: "string" },
       "heartbeat-interval": { type: "string" },
@@ -172,6 +177,7 @@ export async function parseServeArgs(
     }
     o.syncMode = syncMode;
   }
+  if (values["keep-page-cache"]) o.keepPageCache = true;
   if (size("heartbeat-interval")) {
     o.heartbeatIntervalMs = parseDuration(size("heartbeat-interval")!, "--heartbeat-interval");
   }
@@ -319,6 +325,7 @@ export async function serveMain(args: string[]): Promise<number> {
       auth: parsed.options.token !== undefined,
       tls: parsed.options.tls !== undefined,
       sync: grouping ? "batch" : "file",
+      pageCache: server.inbox.dropsPageCache ? "drop" : "keep",
       ...(server.http ? { http: server.http.url } : {}),
     },
     `listening on ${host}:${server.port}, inbox ${parsed.options.dir}${

@@ -87,6 +87,12 @@ export interface ServerOptions {
    * `"file"`: an fsync per file, for an inbox on a filesystem that other programs write much to.
    */
   syncMode?: SyncMode;
+  /**
+   * Keep received data in the page cache. Default false: once a stretch of a large upload is on disk it
+   * is dropped from the cache, where the runtime can (Linux; Deno with `--allow-ffi`); see
+   * `InboxOptions.keepPageCache`.
+   */
+  keepPageCache?: boolean;
   /** The socket runtime; defaults to the faster path measured for this runtime (src/runtime/select.ts). */
   runtime?: Runtime;
   /**
@@ -164,6 +170,7 @@ function resolve(options: ServerOptions): ResolvedServerOptions {
     syncEveryBytes: options.syncEveryBytes ?? DEFAULT_SYNC_EVERY_BYTES,
     flushAheadBytes: options.flushAheadBytes ?? DEFAULT_FLUSH_AHEAD_BYTES,
     syncMode: options.syncMode ?? "batch",
+    keepPageCache: options.keepPageCache ?? false,
     imagesOnly: options.imagesOnly ?? false,
     hashFirst: options.hashFirst ?? false,
     maxPixels: options.maxPixels ?? DEFAULT_MAX_PIXELS,
@@ -243,6 +250,7 @@ export async function serve(options: ServerOptions): Promise<ServerHandle> {
     syncEveryBytes: o.syncEveryBytes,
     flushAheadBytes: o.flushAheadBytes,
     syncMode: o.syncMode,
+    keepPageCache: o.keepPageCache,
     onSyncFallback: () => events.emit("syncFallback", {}),
   });
   const sessions = new Set<Session>();

@@ -15,7 +15,7 @@
  * @module
  */
 import type { PartialFile } from "../runtime/files.ts";
-import type { SyncFs } from "../runtime/syncfs.ts";
+import type { SyncFs } from "../runtime/libc.ts";
 
 interface Waiter {
   /** A descriptor on the filesystem, for syncfs, and when it was opened (see `PartialFile.serial`). */

@@ -21,7 +21,7 @@ import { FerryError } from "../errors.ts";
 import { collisionName, escapeForDisplay, validateRelativePath } from "../names/names.ts";
 import { joinBytes } from "../framing/frame.ts";
 import { handlePartial, openPartial, type PartialFile, writeAll } from "../runtime/files.ts";
-import { type SyncFs, syncFsFor } from "../runtime/syncfs.ts";
+import { type DropCache, dropCacheFor, type SyncFs, syncFsFor } from "../runtime/libc.ts";
 import { GroupSync, type GroupSyncStats } from "./group_sync.ts";
 
 /**
@@ -72,6 +72,18 @@ export interface InboxOptions {
    * and the fsync that stores the file has little left to write ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}).
    */
   flushAheadBytes?: number;
+  /**
+   * Default false: once a stretch of a partial is on disk (after a checkpoint or flush-ahead, and the
+   * rest of a file that had one once the file is stored), it is dropped from the page cache
+   * (`posix_fadvise` `DONTNEED`, where the runtime can call it: {@linkcode dropCacheFor}). A large upload
+   * then cycles through the same few MiB of memory instead of filling the cache with data nobody reads
+   * back, evicting other programs' files; on a VM whose host takes freed memory back, fresh page-cache
+   * pages are also the largest cost of receiving ({@linkcode DEFAULT_FLUSH_AHEAD_BYTES}). True keeps
+   * everything cached, as a plain write would.
+   */
+  keepPageCache?: boolean;
+  /** The call that drops written stretches from the page cache; default the runtime's (`dropCacheFor()`). */
+  dropCache?: DropCache;
   /**
    * Default `"batch"`: files that finish while another is being synced share one `syncfs(2)` where that is
    * as safe as an fsync per file (`syncFsFor()`, {@linkcode GroupSync}); `"file"`: an fsync per file.
@@ -230,6 +242,7 @@ const DEFAULTS = {
   partialTtlMs: 24 * 60 * 60 * 1000,
   syncEveryBytes: DEFAULT_SYNC_EVERY_BYTES,
   flushAheadBytes: DEFAULT_FLUSH_AHEAD_BYTES,
+  keepPageCache: false,
   syncMode: "batch" as SyncMode,
   minFreeBytes: 64 * MiB,
   maxFileSize: 0,
@@ -352,6 +365,8 @@ export class Inbox {
    * FileHandle collected while open as an error.
    */
   #fds = new Set<number>();
+  /** Drops written stretches of partials from the page cache; undefined keeps them (`keepPageCache`). */
+  readonly #dropCache?: DropCache;
   /** The last statfs reading and the declared bytes accepted since. */
   #free?: { bytes: number; at: number; reserved: number };
 
@@ -368,6 +383,7 @@ export class Inbox {
       opts.syncMode === "batch" ? opts.syncfs ?? syncFsFor(this.#partialDir) : undefined,
       opts.onSyncFallback,
     );
+    this.#dropCache = opts.keepPageCache ? undefined : opts.dropCache ?? dropCacheFor(this.#partialDir);
     this.#freshDir = path.join(dir, STATE_DIR, "fresh");
     this.#receiptsPath = path.join(dir, STATE_DIR, "receipts.ndjson");
     this.#messagesPath = path.join(dir, STATE_DIR, "messages.ndjson");
@@ -385,6 +401,19 @@ export class Inbox {
    */
   get syncStats(): GroupSyncStats & { grouping: boolean } {
     return { ...this.#groupSync.stats, grouping: this.#groupSync.grouping };
+  }
+
+  /**
+   * Whether stretches of large uploads leave the page cache once on disk: false with `keepPageCache`, or
+   * where the runtime cannot drop them (not Linux; Deno without `--allow-ffi`).
+   *
+   * @example
+   * ```ts ignore
+   * if (!inbox.dropsPageCache) console.log("received data stays in the page cache");
+   * ```
+   */
+  get dropsPageCache(): boolean {
+    return this.#dropCache !== undefined;
   }
 
   /**
@@ -636,6 +665,7 @@ export class Inbox {
         inspect: this.#opts.inspect,
         syncEveryBytes: this.#opts.syncEveryBytes,
         flushAheadBytes: this.#opts.flushAheadBytes,
+        dropCache: this.#dropCache,
         durable: (file) => this.#groupSync.sync(file),
       });
       // A fresh upload has nothing durable yet: its sidecar is first written at a checkpoint or
@@ -1136,6 +1166,7 @@ interface UploadInit {
   inspect?: (tempPath: string, header: FileHeader) => Promise<ReceiptImage | undefined>;
   syncEveryBytes: number;
   flushAheadBytes: number;
+  dropCache?: DropCache;
   /** Makes the finished partial durable (its fsync, or a share of a group's syncfs). */
   durable: (file: PartialFile) => Promise<void>;
 }
@@ -1191,6 +1222,9 @@ export class Upload {
   readonly #release: () => void;
   readonly #syncEveryBytes: number;
   readonly #flushAheadBytes: number;
+  readonly #dropCache?: DropCache;
+  /** Where the stretch of the partial not yet dropped from the page cache begins. */
+  #cachedFrom = 0;
   readonly #durable: (file: PartialFile) => Promise<void>;
   #received: number;
   /** Written since the last checkpoint started. */
@@ -1234,6 +1268,7 @@ export class Upload {
     };
     this.#syncEveryBytes = init.syncEveryBytes;
     this.#flushAheadBytes = init.flushAheadBytes;
+    this.#dropCache = init.dropCache;
     this.#durable = init.durable;
   }
 
@@ -1392,6 +1427,8 @@ export class Upload {
         }
         await this.#durable(this.#handle);
         this.#closed = true;
+        // A file large enough to have had stretches dropped: the rest goes too, while the name is placed.
+        const dropping = this.#cachedFrom > 0 ? this.#dropWritten(this.size) : undefined;
         let receipt: Receipt;
         try {
           // Deleted before the partial (as everywhere): a sidecar on disk always has its partial beside
@@ -1404,6 +1441,7 @@ export class Upload {
           // Still open: its descriptor serves the syncfs that makes the name and receipt durable.
           receipt = await this.#commit(this.#partPath, header, image, this.#handle);
         } finally {
+          await dropping; // before the close: the descriptor's number could be someone else's after it
           // Stored and recorded, or failed: either way a failed close changes nothing for the sender.
           await this.#handle.close().catch(() => {});
         }
@@ -1502,18 +1540,34 @@ export class Upload {
   /** fdatasync in the background; then, given `durable`, the sidecar records that offset. */
   #startSync(durable: number | undefined): void {
     this.#unflushed = 0;
+    const written = this.#received;
     this.#checkpointing = (async () => {
       try {
         await this.#handle.datasync();
-        if (durable === undefined) return;
-        this.#sidecarOnDisk = true;
-        await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, durable));
+        // Everything written before the fdatasync is clean now, so the page cache can let it go.
+        const dropping = this.#dropWritten(written);
+        if (durable !== undefined) {
+          this.#sidecarOnDisk = true;
+          await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, durable));
+        }
+        await dropping;
       } catch (e) {
         this.#checkpointError ??= ioError(`sync "${this.#shown()}"`, e);
       } finally {
         this.#checkpointing = undefined;
       }
     })();
+  }
+
+  /**
+   * Drops the partial's bytes before `end`, all on disk, from the page cache (see
+   * `InboxOptions.keepPageCache`). Never fails: where the call fails, the pages just stay cached.
+   */
+  async #dropWritten(end: number): Promise<void> {
+    if (this.#dropCache === undefined || end <= this.#cachedFrom) return;
+    const from = this.#cachedFrom;
+    this.#cachedFrom = end;
+    await this.#dropCache(this.#handle.fd, from, end - from).catch(() => {});
   }
 
   /**
@@ -1558,8 +1612,8 @@ export class Upload {
 }
 
 type CheckedOptions =
-  & Required<Omit<InboxOptions, "dir" | "inspect" | "syncfs" | "onSyncFallback">>
-  & Pick<InboxOptions, "inspect" | "syncfs" | "onSyncFallback">;
+  & Required<Omit<InboxOptions, "dir" | "inspect" | "syncfs" | "onSyncFallback" | "dropCache">>
+  & Pick<InboxOptions, "inspect" | "syncfs" | "onSyncFallback" | "dropCache">;
 
 function checkOptions(o: InboxOptions): CheckedOptions {
   if (typeof o?.dir !== "string" || o.dir === "") {
@@ -1585,6 +1639,12 @@ function checkOptions(o: InboxOptions): CheckedOptions {
   if (o.syncfs !== undefined && typeof o.syncfs !== "function") {
     throw new FerryError("INTERNAL", "Cannot open inbox: syncfs must be a function");
   }
+  if (o.dropCache !== undefined && typeof o.dropCache !== "function") {
+    throw new FerryError("INTERNAL", "Cannot open inbox: dropCache must be a function");
+  }
+  if (o.keepPageCache !== undefined && typeof o.keepPageCache !== "boolean") {
+    throw new FerryError("INTERNAL", "Cannot open inbox: keepPageCache must be a boolean");
+  }
   if (o.inspect !== undefined && typeof o.inspect !== "function") {
     throw new FerryError("INTERNAL", "Cannot open inbox: inspect must be a function");
   }
@@ -1599,6 +1659,8 @@ function checkOptions(o: InboxOptions): CheckedOptions {
     syncMode,
     syncfs: o.syncfs,
     onSyncFallback: o.onSyncFallback,
+    keepPageCache: o.keepPageCache ?? DEFAULTS.keepPageCache,
+    dropCache: o.dropCache,
     minFreeBytes: num("minFreeBytes"),
     maxFileSize: num("maxFileSize"),
     inspect: o.inspect,

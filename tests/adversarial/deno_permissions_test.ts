@@ -80,6 +80,8 @@ describe("adversarial: Deno permission sandbox", () => {
       assert.match(server.output(), /"auth":true/);
       // No --allow-ffi, so no syncfs: an fsync per file (the human-readable line says how to batch them).
       assert.match(server.output(), /"sync":"file"/);
+      // Nor posix_fadvise: received data stays in the page cache.
+      assert.match(server.output(), /"pageCache":"keep"/);
       const local = join(tmp.path, "photo.bin");
       const bytes = new Uint8Array(300_000).map((_, i) => (i * 31) & 0xff);
       await writeFile(local, bytes);

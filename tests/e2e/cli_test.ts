@@ -5,6 +5,7 @@
  */
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
@@ -166,6 +167,31 @@ describe(`command lines (current runtime ${CURRENT_RUNTIME})`, () => {
       for (const name of ["many/m0.bin", "many/m39.bin"]) {
         assert.equal(await sha256File(join(inbox, name)), await sha256File(join(tmp.path, "src", name)));
       }
+    }
+  });
+
+  test("--keep-page-cache: by default a large upload leaves the page cache once on disk; with it, it stays", {
+    skip: process.platform === "linux" ? false : "dropping from the page cache is Linux only",
+    timeout: 60_000,
+  }, async () => {
+    const big = join(tmp.path, "src", "cache.bin");
+    await writeRandomFile(big, 12 * 1024 * 1024);
+    // Bytes of the stored file in the page cache, from util-linux fincore (mincore(2)).
+    const cached = (f: string) =>
+      Number(
+        execFileSync("fincore", ["--bytes", "--noheadings", "--output", "RES", f], { encoding: "utf8" }),
+      );
+    for (const [flags, expected] of [[[], "drop"], [["--keep-page-cache"], "keep"]] as const) {
+      const inbox = join(tmp.path, `cache-${expected}`);
+      const s = await startServer(CURRENT_RUNTIME, ["--dir", inbox, ...flags]);
+      extra.push(s);
+      assert.equal(JSON.parse(await s.waitForLine(/"event":"listening"/)).pageCache, expected);
+      const r = await runSender(OTHER_RUNTIME, ["-q", big], s);
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      const inCache = cached(join(inbox, "cache.bin"));
+      if (expected === "keep") assert.equal(inCache, 12 * 1024 * 1024);
+      else assert.ok(inCache <= 256 * 1024, `${inCache} bytes still cached`);
+      assert.equal(await sha256File(join(inbox, "cache.bin")), await sha256File(big));
     }
   });
 

@@ -11,7 +11,7 @@ import process from "node:process";
 import { FerryError } from "../../src/errors.ts";
 import { type FileHeader, Inbox, type InboxOptions, type Receipt, Upload } from "../../src/store/inbox.ts";
 import { openPartial, type PartialFile } from "../../src/runtime/files.ts";
-import { loadSyncFs, syncFsFor } from "../../src/runtime/syncfs.ts";
+import { dropCacheFor, loadSyncFs, syncFsFor } from "../../src/runtime/libc.ts";
 import { GroupSync } from "../../src/store/group_sync.ts";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
@@ -1166,5 +1166,110 @@ describe("Inbox durability: files finishing together share a syncfs", () => {
     await Promise.all([failing.sync(a), failing.sync(c), failing.sync(b)]);
     assert.deepEqual(failing.stats, { fileSyncs: 6, groupSyncs: 0, groupedFiles: 0, groupFailures: 1 });
     for (const f of [a, b, c]) await f.close();
+  });
+});
+
+describe("Inbox page cache: stretches on disk are dropped", () => {
+  useTempDirs();
+  const MB = 1024 * 1024;
+
+  /** Sends `bytes` in 256 KiB writes, with flush-ahead every MiB and a checkpoint every 4 MiB. */
+  async function sendLarge(inbox: Inbox, name: string, bytes: Uint8Array): Promise<Receipt> {
+    return await send(inbox, headerFor(name, bytes, { resume: true }), bytes, 256 * 1024);
+  }
+
+  /** Bytes of `file` in the page cache, from util-linux `fincore` (mincore(2)). */
+  function cachedBytes(file: string): number {
+    return Number(
+      execFileSync("fincore", ["--bytes", "--noheadings", "--output", "RES", file], { encoding: "utf8" }),
+    );
+  }
+
+  const FINCORE_SKIP = (() => {
+    if (!dropCacheFor(os.tmpdir())) return "no posix_fadvise through this runtime's FFI here";
+    try {
+      execFileSync("fincore", ["--version"]);
+      return false;
+    } catch {
+      return "needs util-linux fincore";
+    }
+  })();
+
+  it("a large upload leaves almost nothing in the page cache; keepPageCache keeps it all", {
+    skip: FINCORE_SKIP,
+  }, async () => {
+    const bytes = bytesOf(8 * MB, 31);
+    const dropping = await open({ flushAheadBytes: MB, syncEveryBytes: 4 * MB });
+    const dropped = await sendLarge(dropping, "dropped.bin", bytes);
+    const keeping = await open({ flushAheadBytes: MB, syncEveryBytes: 4 * MB, keepPageCache: true });
+    const kept = await sendLarge(keeping, "kept.bin", bytes);
+    // Measured before reading the files back, which would cache them again.
+    const droppedCached = cachedBytes(path.join(dir, dropped.name));
+    const keptCached = cachedBytes(path.join(dir, kept.name));
+    assert.equal(keptCached, bytes.length, "keepPageCache leaves every page cached");
+    assert.ok(droppedCached <= 64 * 1024, `${droppedCached} bytes of the dropped file still cached`);
+    assert.deepEqual(await read(dropped.name), Buffer.from(bytes));
+    assert.deepEqual(await read(kept.name), Buffer.from(bytes));
+  });
+
+  it("drops each stretch once, after it is on disk, and the rest of the file once it is stored", async () => {
+    const calls: { offset: number; length: number; written: number }[] = [];
+    const current: { upload?: Upload } = {};
+    const inbox = await open({
+      flushAheadBytes: MB,
+      syncEveryBytes: 4 * MB,
+      dropCache: (_fd, offset, length) => {
+        calls.push({ offset, length, written: current.upload?.received ?? 0 });
+        return Promise.resolve(0);
+      },
+    });
+    const bytes = bytesOf(6 * MB + 12345, 32);
+    const up = current.upload = await expectUpload(inbox, headerFor("big.bin", bytes, { resume: true }));
+    for (let off = 0; off < bytes.length; off += 256 * 1024) {
+      await up.write(bytes.subarray(off, Math.min(off + 256 * 1024, bytes.length)), off);
+      await up.checkpointed();
+    }
+    const before = calls.length;
+    assert.ok(before >= 2, `expected stretches dropped while receiving, got ${JSON.stringify(calls)}`);
+    for (const c of calls) {
+      assert.ok(c.offset + c.length <= c.written, `dropped unwritten bytes: ${JSON.stringify(c)}`);
+    }
+    await up.finish();
+    assert.equal(calls.length, before + 1, "the rest of the file is dropped once it is stored");
+    // One after another, no gaps, no overlaps, up to the end of the file.
+    let end = 0;
+    for (const c of calls) {
+      assert.equal(c.offset, end);
+      assert.ok(c.length > 0);
+      end += c.length;
+    }
+    assert.equal(end, bytes.length);
+    assert.deepEqual(await read("big.bin"), Buffer.from(bytes));
+  });
+
+  it("a small file, and any file with keepPageCache, is never dropped", async () => {
+    let calls = 0;
+    const dropCache = () => Promise.resolve(calls++);
+    const inbox = await open({ flushAheadBytes: MB, dropCache });
+    await send(inbox, headerFor("small.bin", bytesOf(512 * 1024, 33)), bytesOf(512 * 1024, 33));
+    assert.equal(calls, 0, "under one flush-ahead: stored with its pages cached, no extra call");
+    const keeping = await open({ flushAheadBytes: MB, keepPageCache: true, dropCache });
+    await sendLarge(keeping, "big.bin", bytesOf(3 * MB, 34));
+    assert.equal(calls, 0);
+  });
+
+  it("a failing drop loses nothing: the file is stored whole", async () => {
+    let calls = 0;
+    const inbox = await open({
+      flushAheadBytes: MB,
+      dropCache: () => {
+        calls++;
+        return Promise.reject(new Error("EBADF"));
+      },
+    });
+    const bytes = bytesOf(3 * MB, 35);
+    const r = await sendLarge(inbox, "f.bin", bytes);
+    assert.ok(calls > 0);
+    assert.deepEqual(await read(r.name), Buffer.from(bytes));
   });
 });

@@ -1,15 +1,18 @@
 /**
- * `syncfs(2)`: one call that makes everything written to a filesystem durable, data and metadata,
- * with one drive cache flush. The inbox uses it to store many small files with one flush instead of
- * an fsync each ({@linkcode "../store/group_sync.ts"}).
+ * Two libc calls that neither runtime's `node:fs` has, through each runtime's FFI. Linux (glibc) only:
+ * Deno's `Deno.dlopen` with nonblocking symbols (each call runs on its own thread and returns a
+ * promise; needs `--allow-ffi`, checked without a prompt), Bun's `bun:ffi` in a worker thread (its
+ * calls block the caller). Where the library cannot be loaded there is neither, and callers do without.
  *
- * Linux (glibc) only, through each runtime's FFI: Deno's `Deno.dlopen` with a nonblocking symbol
- * (it runs on its own thread and returns a promise; needs `--allow-ffi`, checked without a prompt),
- * Bun's `bun:ffi` in a worker thread (its calls block the caller). Only where it is as safe as an
- * fsync per file ({@linkcode syncFsFor}): Linux 5.8 or later (before, syncfs did not report
- * writeback errors), on ext4, XFS or btrfs (whose syncfs flushes the drive's cache), with `node:fs`
- * descriptors that are the kernel's own (checked once on Deno). Anywhere else, or when the library
- * cannot be loaded, there is none and every file gets its own fsync.
+ * - `syncfs(2)`: one call that makes everything written to a filesystem durable, data and metadata,
+ *   with one drive cache flush. The inbox uses it to store many small files with one flush instead
+ *   of an fsync each ({@linkcode "../store/group_sync.ts"}), only where it is as safe as an fsync per
+ *   file ({@linkcode syncFsFor}): Linux 5.8 or later (before, syncfs did not report writeback errors),
+ *   on ext4, XFS or btrfs (whose syncfs flushes the drive's cache), with `node:fs` descriptors that are
+ *   the kernel's own (checked once on Deno).
+ * - `posix_fadvise(2)` `POSIX_FADV_DONTNEED`: drops a stretch of a file that is already on disk from
+ *   the page cache ({@linkcode dropCacheFor}), so that a large upload reuses the same few MiB of
+ *   memory instead of filling the cache with data nobody reads back.
  *
  * @module
  */
@@ -26,7 +29,19 @@ import { Worker } from "node:worker_threads";
  */
 export type SyncFs = (fd: number) => Promise<number>;
 
-let loaded: SyncFs | null | undefined;
+/**
+ * Drops the pages of `fd`'s file from `offset` for `length` bytes (0 = to the end) from the page cache
+ * if they are clean (written back); dirty pages stay. Resolves to 0, or -1 if the call failed (the
+ * pages then simply stay cached).
+ */
+export type DropCache = (fd: number, offset: number, length: number) => Promise<number>;
+
+interface Libc {
+  syncfs: SyncFs;
+  dropCache: DropCache;
+}
+
+let loaded: Libc | null | undefined;
 /** Deno only: checks that a `node:fs` descriptor is the kernel's (see {@linkcode syncFsFor}). */
 let probeDescriptor: ((fd: number, size: number) => boolean) | undefined;
 let descriptorsChecked: boolean | undefined;
@@ -48,11 +63,37 @@ export function syncFsFor(dir: string): SyncFs | undefined {
   if (!syncfs || !kernelReportsErrors()) return undefined;
   try {
     if (!SYNCFS_FILESYSTEMS.has(Number(fs.statfsSync(dir).type))) return undefined;
-    descriptorsChecked ??= probeDescriptor ? probe(dir, probeDescriptor) : true;
   } catch {
     return undefined;
   }
-  return descriptorsChecked ? syncfs : undefined;
+  return descriptorsAreKernels(dir) ? syncfs : undefined;
+}
+
+/**
+ * The runtime's `posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)` for files in `dir`, if it has
+ * one and `node:fs` descriptors are the kernel's (as for {@linkcode syncFsFor}); any filesystem, since
+ * dropping clean pages loses nothing. `dir` must be writable (the same once-per-process probe).
+ *
+ * @example
+ * ```ts ignore
+ * const drop = dropCacheFor("./inbox/.ferry/partial");
+ * await file.datasync();
+ * await drop?.(file.fd, 0, 32 * 1024 * 1024); // its first 32 MiB leave the page cache
+ * ```
+ */
+export function dropCacheFor(dir: string): DropCache | undefined {
+  const libc = loadLibc();
+  return libc && descriptorsAreKernels(dir) ? libc.dropCache : undefined;
+}
+
+/** Whether `node:fs` descriptors are the kernel's; probed once per process (Deno), in `dir`. */
+function descriptorsAreKernels(dir: string): boolean {
+  try {
+    descriptorsChecked ??= probeDescriptor ? probe(dir, probeDescriptor) : true;
+  } catch {
+    return false;
+  }
+  return descriptorsChecked;
 }
 
 /** Linux 5.8 and later report writeback errors to syncfs. */
@@ -85,9 +126,13 @@ function probe(dir: string, check: (fd: number, size: number) => boolean): boole
  * ```
  */
 export function loadSyncFs(): SyncFs | undefined {
+  return loadLibc()?.syncfs;
+}
+
+function loadLibc(): Libc | undefined {
   if (loaded === undefined) {
     try {
-      loaded = process.platform === "linux" ? (onBun() ? bunSyncFs() : denoSyncFs()) ?? null : null;
+      loaded = process.platform === "linux" ? (onBun() ? bunLibc() : denoLibc()) ?? null : null;
     } catch {
       loaded = null;
     }
@@ -95,35 +140,52 @@ export function loadSyncFs(): SyncFs | undefined {
   return loaded ?? undefined;
 }
 
+/** Linux's value; glibc's `posix_fadvise` takes it as is. */
+const POSIX_FADV_DONTNEED = 4;
+
 function onBun(): boolean {
   return typeof (globalThis as { Bun?: unknown }).Bun !== "undefined";
 }
 
-function denoSyncFs(): SyncFs | undefined {
+function denoLibc(): Libc | undefined {
   if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return undefined;
   const lib = Deno.dlopen("libc.so.6", {
     syncfs: { parameters: ["i32"], result: "i32", nonblocking: true },
+    posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32", nonblocking: true },
     lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   });
   // Older Deno releases gave node:fs callers resource ids, not descriptors: syncfs on one would sync
   // whatever the kernel has under that number, perhaps another filesystem, and report success.
   const SEEK_END = 2;
   probeDescriptor = (fd, size) => Number(lib.symbols.lseek(fd, 0n, SEEK_END)) === size;
-  return (fd) => lib.symbols.syncfs(fd);
+  return {
+    syncfs: (fd) => lib.symbols.syncfs(fd),
+    // posix_fadvise returns an error number, not -1 with errno.
+    dropCache: async (fd, offset, length) =>
+      await lib.symbols.posix_fadvise(fd, BigInt(offset), BigInt(length), POSIX_FADV_DONTNEED) === 0 ? 0 : -1,
+  };
 }
 
 /**
  * The worker's whole source: CommonJS evaluated in place, so the compiled single binary needs no
- * extra file. It answers `[id, fd]` with `[id, result]`.
+ * extra file. It answers `[id, "syncfs", fd]` and `[id, "dropCache", fd, offset, length]` with
+ * `[id, result]`, the result 0 or -1 as {@linkcode SyncFs} and {@linkcode DropCache} say.
  */
 const BUN_WORKER_SOURCE = `
 const { parentPort } = require("node:worker_threads");
 const { dlopen, FFIType } = require("bun:ffi");
-const lib = dlopen("libc.so.6", { syncfs: { args: [FFIType.i32], returns: FFIType.i32 } });
-parentPort.on("message", ([id, fd]) => parentPort.postMessage([id, lib.symbols.syncfs(fd)]));
+const lib = dlopen("libc.so.6", {
+  syncfs: { args: [FFIType.i32], returns: FFIType.i32 },
+  posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
+});
+const calls = {
+  syncfs: (fd) => lib.symbols.syncfs(fd),
+  dropCache: (fd, offset, length) => lib.symbols.posix_fadvise(fd, offset, length, ${POSIX_FADV_DONTNEED}) === 0 ? 0 : -1,
+};
+parentPort.on("message", ([id, call, ...args]) => parentPort.postMessage([id, calls[call](...args)]));
 `;
 
-function bunSyncFs(): SyncFs {
+function bunLibc(): Libc {
   let worker: Worker | undefined;
   let nextId = 0;
   const waiting = new Map<number, (result: number) => void>();
@@ -133,7 +195,7 @@ function bunSyncFs(): SyncFs {
     for (const resolve of waiting.values()) resolve(-1);
     waiting.clear();
   };
-  return (fd) => {
+  const call = (...message: [string, ...number[]]): Promise<number> => {
     if (!worker) {
       const w = new Worker(BUN_WORKER_SOURCE, { eval: true });
       w.on("message", ([id, result]: [number, number]) => {
@@ -149,7 +211,11 @@ function bunSyncFs(): SyncFs {
     }
     const id = nextId++;
     worker.ref();
-    worker.postMessage([id, fd]);
+    worker.postMessage([id, ...message]);
     return new Promise((resolve) => waiting.set(id, resolve));
+  };
+  return {
+    syncfs: (fd) => call("syncfs", fd),
+    dropCache: (fd, offset, length) => call("dropCache", fd, offset, length),
   };
 }
