@@ -679,7 +679,10 @@ class ClientSession {
     // DIGEST_AT_END: hash exactly the bytes sent; on a resume, first the bytes the receiver kept.
     let hash: Hash | undefined;
     const frameSize = DATA_HEADER_SIZE + chunkSize;
-    if (this.#buffers?.size !== frameSize) this.#buffers = new FrameBuffers(this.#conn, frameSize);
+    if (this.#buffers?.size !== frameSize) {
+      this.#buffers?.retire();
+      this.#buffers = new FrameBuffers(this.#conn, frameSize);
+    }
     const buffers = this.#buffers;
     // The next chunk is read while the current one is sent, so disk and socket work overlap.
     const readAt = (at: number): Promise<Chunk> => {
@@ -693,15 +696,19 @@ class ClientSession {
       }
       // A buffer the socket no longer holds, with room for the frame header in front so the frame
       // leaves as one buffer.
-      const buffer = buffers.take();
-      const reading = handle!.read(buffer, DATA_HEADER_SIZE, length, at).then(
-        ({ bytesRead }) => ({
-          payload: buffer.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + bytesRead),
-          frame: buffer.subarray(0, DATA_HEADER_SIZE + bytesRead),
-          buffer,
-        }),
-        readError,
-      );
+      const reading = buffers.take().then(async (buffer): Promise<Chunk> => {
+        try {
+          const { bytesRead } = await handle!.read(buffer, DATA_HEADER_SIZE, length, at);
+          return {
+            payload: buffer.subarray(DATA_HEADER_SIZE, DATA_HEADER_SIZE + bytesRead),
+            frame: buffer.subarray(0, DATA_HEADER_SIZE + bytesRead),
+            buffer,
+          };
+        } catch (e) {
+          buffers.giveBack(buffer); // never sent: free again, and still counted once
+          return readError(e as Error);
+        }
+      });
       reading.catch(() => {}); // awaited in the loop; must not count as unhandled meanwhile
       return reading;
     };
@@ -734,6 +741,8 @@ class ClientSession {
         // Hashed while the socket takes the same buffer: no copy, and the two overlap.
         hash?.update(chunk);
         await sending;
+        // The transport took more: buffers of this or another connection may be free for refilling.
+        FrameBuffers.progress();
         position += bytesRead;
         this.#progress.setSent(job, position);
         this.#result.bytesSent += bytesRead;
