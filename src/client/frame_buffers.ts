@@ -38,15 +38,23 @@ const idle: Uint8Array[] = [];
 export const PROCESS_BUDGET = 64;
 /**
  * The longest a connection waits for a flushed buffer once the budget is used up; then it allocates
- * anyway, so a buffer never given back (a connection that failed mid-send) costs memory, not a stall.
+ * anyway. That bounds the stall when every buffer is pinned (peers that stopped reading, a count
+ * that leaked); it does not avoid it.
  */
 export const BUDGET_WAIT_MS = 100;
+/**
+ * While connections wait, how often the rings are looked at again. A flush is seen by no one as it
+ * happens (transports only count it), so besides {@linkcode FrameBuffers.progress} a short timer
+ * looks; one scan of every ring per tick, whatever the number of waiters.
+ */
+const POLL_MS = 1;
 /** Buffers allocated and not yet dropped, counted against {@linkcode PROCESS_BUDGET}. */
 let allocated = 0;
 /** Every connection's buffers, to borrow a flushed one from when the budget is used up. */
 const live = new Set<FrameBuffers>();
-/** Connections waiting for a flushed buffer, woken by {@linkcode FrameBuffers.progress}. */
-const waiters: Array<() => void> = [];
+/** Connections waiting for a buffer, oldest first. */
+const waiters: Array<{ buffers: FrameBuffers; deadline: number; resolve: (buffer: Uint8Array) => void }> = [];
+let pollTimer: ReturnType<typeof setTimeout> | undefined;
 
 /**
  * The frame buffers of one connection, oldest use first.
@@ -77,46 +85,71 @@ export class FrameBuffers {
   }
 
   /**
-   * Some connection of this process finished sending something (its transport took more bytes), so a
-   * buffer may have been flushed: connections waiting for one look again.
+   * Some connection of this process finished sending something, so a buffer may have been flushed or
+   * freed: connections waiting for one get what there is now (the poll timer catches the rest).
    */
   static progress(): void {
-    // One at a time, oldest first: each frame sent frees about one buffer, and waking every waiter
-    // to scan every connection's ring cost more CPU than the buffers saved.
-    waiters.shift()?.();
+    if (waiters.length > 0) FrameBuffers.#serveWaiters();
+  }
+
+  /** Buffers counted against the process budget now (for tests and diagnostics). */
+  static get inUse(): number {
+    return allocated;
   }
 
   /**
    * A buffer of `size` bytes that no transport holds; its old content is garbage. Waits only when the
    * process's budget is used up and no connection has a flushed buffer to spare (see the module doc).
    */
-  async take(): Promise<Uint8Array> {
-    const deadline = performance.now() + BUDGET_WAIT_MS;
-    for (;;) {
-      const own = this.#takeFlushed();
-      if (own) return own;
-      if (idle.length > 0 && idle[idle.length - 1].length === this.size) return idle.pop()!;
-      if (allocated < PROCESS_BUDGET) break;
-      const borrowed = this.#borrow();
-      if (borrowed) return borrowed;
-      const left = deadline - performance.now();
-      if (left <= 0) break;
-      await new Promise<void>((resolve) => {
-        const wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-        const timer = setTimeout(() => {
-          const i = waiters.indexOf(wake);
-          if (i >= 0) waiters.splice(i, 1);
-          resolve();
-        }, left);
-        waiters.push(wake);
-      });
-    }
+  take(): Promise<Uint8Array> {
+    // A retired connection (its sender is finishing after a failure) never waits.
+    const ready = this.#takeNow() ?? (this.#retired ? this.#allocate() : undefined);
+    if (ready) return Promise.resolve(ready);
+    return new Promise((resolve) => {
+      waiters.push({ buffers: this, deadline: performance.now() + BUDGET_WAIT_MS, resolve });
+      pollTimer ??= setTimeout(FrameBuffers.#serveWaiters, POLL_MS);
+    });
+  }
+
+  /** A buffer at once, if there is one to reuse or the budget has room; never waits. */
+  #takeNow(): Uint8Array | undefined {
+    const own = this.#takeFlushed();
+    if (own) return own;
+    if (idle.length > 0 && idle[idle.length - 1].length === this.size) return idle.pop()!;
+    if (allocated < PROCESS_BUDGET) return this.#allocate();
+    return this.#borrow();
+  }
+
+  #allocate(): Uint8Array {
     allocated++;
     // Not zeroed: only bytes read from the file are ever sent from it.
     return Buffer.allocUnsafeSlow(this.size);
+  }
+
+  /**
+   * Serves waiting connections in order while buffers can be found, allocates for those waiting past
+   * their deadline, and looks again after {@linkcode POLL_MS} while any still wait.
+   */
+  static #serveWaiters(): void {
+    if (pollTimer !== undefined) {
+      clearTimeout(pollTimer);
+      pollTimer = undefined;
+    }
+    // In order: the first that finds nothing means no ring has a flushed buffer of its size.
+    while (waiters.length > 0) {
+      const buffer = waiters[0].buffers.#takeNow();
+      if (!buffer) break;
+      waiters.shift()!.resolve(buffer);
+    }
+    const now = performance.now();
+    for (let i = 0; i < waiters.length;) {
+      if (waiters[i].deadline > now) i++;
+      else {
+        const w = waiters.splice(i, 1)[0];
+        w.resolve(w.buffers.#allocate());
+      }
+    }
+    if (waiters.length > 0) pollTimer = setTimeout(FrameBuffers.#serveWaiters, POLL_MS);
   }
 
   /** The oldest buffer of this connection's ring, if its transport has flushed it. */
@@ -145,25 +178,32 @@ export class FrameBuffers {
     // Never reused: the transport cannot say when it lets go of it, or the connection is retired
     // (a send still finishing after the connection failed).
     if (until === undefined || this.#conn.bytesFlushed === undefined || this.#retired) {
-      allocated--;
+      FrameBuffers.#release(1);
       return;
     }
     this.#ring.push({ buffer, until });
     // Bounded: a transport holding many buffers makes fresh ones, not a growing ring.
     if (this.#ring.length > RING_LIMIT) {
       this.#ring.shift();
-      allocated--;
+      FrameBuffers.#release(1);
     }
+  }
+
+  /** `n` buffers dropped: the budget has room again for connections waiting. */
+  static #release(n: number): void {
+    allocated -= n;
+    FrameBuffers.progress();
   }
 
   /** A buffer taken but never written (its chunk was not sent): free at once. Once per buffer. */
   giveBack(buffer: Uint8Array): void {
     if (this.#ring.some((entry) => entry.buffer === buffer)) return;
     if (this.#retired) {
-      allocated--;
+      FrameBuffers.#release(1);
       return;
     }
     this.#ring.unshift({ buffer, until: 0 });
+    FrameBuffers.progress();
   }
 
   /** The connection is done: its flushed buffers go to the process's idle list, the rest are dropped. */
@@ -171,15 +211,17 @@ export class FrameBuffers {
     this.#retired = true;
     live.delete(this);
     const flushed = this.#conn.bytesFlushed ?? -1;
+    let dropped = 0;
     if (idle.length > 0 && idle[0].length !== this.size) {
-      allocated -= idle.length;
+      dropped += idle.length;
       idle.length = 0;
     }
     for (const { buffer, until } of this.#ring) {
       if (until <= flushed && idle.length < IDLE_LIMIT) idle.push(buffer);
-      else allocated--;
+      else dropped++;
     }
     this.#ring = [];
-    FrameBuffers.progress(); // the idle buffers may serve a connection waiting for one
+    // The idle buffers, and room in the budget, may serve connections waiting for one.
+    FrameBuffers.#release(dropped);
   }
 }

@@ -30,9 +30,9 @@ import { Worker } from "node:worker_threads";
 export type SyncFs = (fd: number) => Promise<number>;
 
 /**
- * Drops the pages of `fd`'s file from `offset` for `length` bytes (0 = to the end) from the page cache
- * if they are clean (written back); dirty pages stay. Resolves to 0, or -1 if the call failed (the
- * pages then simply stay cached).
+ * Drops the whole pages of `fd`'s file from `offset` for `length` bytes (0 = to the end) from the page
+ * cache if they are clean (written back); dirty pages stay, and the call starts their writeback.
+ * Resolves to 0, or -1 if the call failed (the pages then simply stay cached).
  */
 export type DropCache = (fd: number, offset: number, length: number) => Promise<number>;
 
@@ -71,8 +71,9 @@ export function syncFsFor(dir: string): SyncFs | undefined {
 
 /**
  * The runtime's `posix_fadvise(fd, offset, length, POSIX_FADV_DONTNEED)` for files in `dir`, if it has
- * one and `node:fs` descriptors are the kernel's (as for {@linkcode syncFsFor}); any filesystem, since
- * dropping clean pages loses nothing. `dir` must be writable (the same once-per-process probe).
+ * one and `node:fs` descriptors are the kernel's (as for {@linkcode syncFsFor}); any filesystem but
+ * tmpfs and ramfs, where the cached pages are the files and nothing would be dropped (dropping clean
+ * pages loses nothing). `dir` must be writable (the same once-per-process probe).
  *
  * @example
  * ```ts ignore
@@ -83,8 +84,17 @@ export function syncFsFor(dir: string): SyncFs | undefined {
  */
 export function dropCacheFor(dir: string): DropCache | undefined {
   const libc = loadLibc();
-  return libc && descriptorsAreKernels(dir) ? libc.dropCache : undefined;
+  if (!libc) return undefined;
+  try {
+    if (MEMORY_FILESYSTEMS.has(Number(fs.statfsSync(dir).type))) return undefined;
+  } catch {
+    return undefined;
+  }
+  return descriptorsAreKernels(dir) ? libc.dropCache : undefined;
 }
+
+/** statfs(2) magic numbers of tmpfs and ramfs, whose cached pages are the files themselves. */
+const MEMORY_FILESYSTEMS = new Set([0x01021994, 0x858458f6]);
 
 /** Whether `node:fs` descriptors are the kernel's; probed once per process (Deno), in `dir`. */
 function descriptorsAreKernels(dir: string): boolean {
@@ -186,25 +196,43 @@ parentPort.on("message", ([id, call, ...args]) => parentPort.postMessage([id, ca
 `;
 
 function bunLibc(): Libc {
+  // Two workers: a drop from the page cache never waits behind a syncfs, which can take long.
+  const syncfs = workerCalls();
+  const drops = workerCalls();
+  return {
+    syncfs: (fd) => syncfs("syncfs", fd),
+    dropCache: (fd, offset, length) => drops("dropCache", fd, offset, length),
+  };
+}
+
+/** Calls answered one at a time by a worker of its own, started on first use. */
+function workerCalls(): (...message: [string, ...number[]]) => Promise<number> {
   let worker: Worker | undefined;
   let nextId = 0;
+  /** The library cannot be used here (a worker failed before answering anything): -1 at once. */
+  let unusable = false;
+  let answered = false;
   const waiting = new Map<number, (result: number) => void>();
   const failAll = (w: Worker) => {
     if (worker !== w) return; // an earlier worker's late exit
     worker = undefined;
+    if (!answered) unusable = true;
     for (const resolve of waiting.values()) resolve(-1);
     waiting.clear();
   };
-  const call = (...message: [string, ...number[]]): Promise<number> => {
+  return (...message) => {
+    if (unusable) return Promise.resolve(-1);
     if (!worker) {
       const w = new Worker(BUN_WORKER_SOURCE, { eval: true });
       w.on("message", ([id, result]: [number, number]) => {
+        answered = true;
         waiting.get(id)?.(result);
         waiting.delete(id);
         // Idle, the worker must not keep the process alive.
         if (waiting.size === 0) w.unref();
       });
-      // A worker that cannot load or dies answers -1 to all: each file is then fsynced on its own.
+      // A worker that cannot load or dies answers -1 to all: each file is then fsynced on its own,
+      // and pages stay cached.
       w.on("error", () => failAll(w));
       w.on("exit", () => failAll(w));
       worker = w;
@@ -213,9 +241,5 @@ function bunLibc(): Libc {
     worker.ref();
     worker.postMessage([id, ...message]);
     return new Promise((resolve) => waiting.set(id, resolve));
-  };
-  return {
-    syncfs: (fd) => call("syncfs", fd),
-    dropCache: (fd, offset, length) => call("dropCache", fd, offset, length),
   };
 }

@@ -248,6 +248,8 @@ const DEFAULTS = {
   maxFileSize: 0,
 };
 const STATE_DIR = ".ferry";
+/** Drops start at a multiple of this: the largest page size there is (arm64 with 64 KiB pages). */
+const DROP_ALIGN = 64 * 1024;
 const MAX_COLLISIONS = 9999;
 const REHASH_CHUNK = 4 * MiB;
 const TAIL_SCAN_CHUNK = 64 * 1024;
@@ -1225,6 +1227,12 @@ export class Upload {
   readonly #dropCache?: DropCache;
   /** Where the stretch of the partial not yet dropped from the page cache begins. */
   #cachedFrom = 0;
+  /**
+   * The drops from the page cache issued so far, one after another; never rejects. Apart from the
+   * checkpoint slot, so a slow call delays no write; awaited before the partial's descriptor is
+   * closed, since its number could be another file's after that.
+   */
+  #dropping: Promise<void> = Promise.resolve();
   readonly #durable: (file: PartialFile) => Promise<void>;
   #received: number;
   /** Written since the last checkpoint started. */
@@ -1428,7 +1436,7 @@ export class Upload {
         await this.#durable(this.#handle);
         this.#closed = true;
         // A file large enough to have had stretches dropped: the rest goes too, while the name is placed.
-        const dropping = this.#cachedFrom > 0 ? this.#dropWritten(this.size) : undefined;
+        if (this.#cachedFrom > 0) this.#dropWritten(this.size);
         let receipt: Receipt;
         try {
           // Deleted before the partial (as everywhere): a sidecar on disk always has its partial beside
@@ -1441,7 +1449,7 @@ export class Upload {
           // Still open: its descriptor serves the syncfs that makes the name and receipt durable.
           receipt = await this.#commit(this.#partPath, header, image, this.#handle);
         } finally {
-          await dropping; // before the close: the descriptor's number could be someone else's after it
+          await this.#dropping;
           // Stored and recorded, or failed: either way a failed close changes nothing for the sender.
           await this.#handle.close().catch(() => {});
         }
@@ -1477,6 +1485,7 @@ export class Upload {
       } catch (e) {
         throw ioError(`keep partial "${this.#shown()}"`, e);
       } finally {
+        await this.#dropping;
         await this.#handle.close().catch(() => {});
         this.#release();
       }
@@ -1502,6 +1511,7 @@ export class Upload {
     this.#settled = true;
     // A checkpoint still running would write its sidecar after the delete, or use a closed handle.
     await this.#checkpointing;
+    await this.#dropping;
     if (!this.#closed) {
       this.#closed = true;
       await this.#handle.close().catch(() => {});
@@ -1545,12 +1555,10 @@ export class Upload {
       try {
         await this.#handle.datasync();
         // Everything written before the fdatasync is clean now, so the page cache can let it go.
-        const dropping = this.#dropWritten(written);
-        if (durable !== undefined) {
-          this.#sidecarOnDisk = true;
-          await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, durable));
-        }
-        await dropping;
+        this.#dropWritten(written);
+        if (durable === undefined) return;
+        this.#sidecarOnDisk = true;
+        await writeSidecar(this.#sidecarPath, sidecarFor(this.#header, durable));
       } catch (e) {
         this.#checkpointError ??= ioError(`sync "${this.#shown()}"`, e);
       } finally {
@@ -1560,14 +1568,25 @@ export class Upload {
   }
 
   /**
-   * Drops the partial's bytes before `end`, all on disk, from the page cache (see
-   * `InboxOptions.keepPageCache`). Never fails: where the call fails, the pages just stay cached.
+   * Queues the drop of the partial's bytes before `end`, all on disk, from the page cache (see
+   * `InboxOptions.keepPageCache`) on {@linkcode #dropping}. Never fails: where the call fails, the
+   * pages just stay cached.
    */
-  async #dropWritten(end: number): Promise<void> {
-    if (this.#dropCache === undefined || end <= this.#cachedFrom) return;
-    const from = this.#cachedFrom;
+  #dropWritten(end: number): void {
+    const drop = this.#dropCache;
+    if (drop === undefined || end <= this.#cachedFrom) return;
+    // From the start of the page (of any size up to 64 KiB) that the last stretch ended in: the kernel
+    // drops only whole pages, and the bytes before are clean too.
+    const from = Math.floor(this.#cachedFrom / DROP_ALIGN) * DROP_ALIGN;
     this.#cachedFrom = end;
-    await this.#dropCache(this.#handle.fd, from, end - from).catch(() => {});
+    const fd = this.#handle.fd;
+    this.#dropping = this.#dropping.then(async () => {
+      try {
+        await drop(fd, from, end - from);
+      } catch {
+        // The pages stay cached; nothing else depends on it.
+      }
+    });
   }
 
   /**

@@ -7,6 +7,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { readFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { exitCodeFor } from "../../src/cli/send_cli.ts";
@@ -14,6 +15,7 @@ import { FerryError } from "../../src/errors.ts";
 import { Channel } from "../../src/protocol/channel.ts";
 import { Capability, PROTOCOL_VERSION } from "../../src/protocol/constants.ts";
 import type { FileMessage } from "../../src/protocol/messages.ts";
+import { dropCacheFor } from "../../src/runtime/libc.ts";
 import { nodeNetRuntime } from "../../src/runtime/node_net.ts";
 import type { Listener } from "../../src/runtime/transport.ts";
 import {
@@ -29,6 +31,16 @@ import {
 import { canListen, closedPort, jsonLines, listFiles, OTHER_RUNTIME, writeRandomFile } from "./e2e_util.ts";
 
 const HAS_IPV6 = await canListen("::1");
+/** Why the page-cache test cannot run here: it needs Linux, a temp folder not on tmpfs, and fincore. */
+const PAGE_CACHE_SKIP = (() => {
+  if (!dropCacheFor(tmpdir())) return "no posix_fadvise here, or the temp folder is on tmpfs";
+  try {
+    execFileSync("fincore", ["--version"]);
+    return false;
+  } catch {
+    return "needs util-linux fincore";
+  }
+})();
 
 describe(`command lines (current runtime ${CURRENT_RUNTIME})`, () => {
   let tmp: Awaited<ReturnType<typeof tempDir>>;
@@ -171,7 +183,7 @@ describe(`command lines (current runtime ${CURRENT_RUNTIME})`, () => {
   });
 
   test("--keep-page-cache: by default a large upload leaves the page cache once on disk; with it, it stays", {
-    skip: process.platform === "linux" ? false : "dropping from the page cache is Linux only",
+    skip: PAGE_CACHE_SKIP,
     timeout: 60_000,
   }, async () => {
     const big = join(tmp.path, "src", "cache.bin");

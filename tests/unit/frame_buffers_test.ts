@@ -30,54 +30,79 @@ function connection(): { transport: FakeTransport; buffers: FrameBuffers } {
   return { transport, buffers: new FrameBuffers(transport as unknown as Connection, SIZE) };
 }
 
+/** Takes and sends one buffer on each new connection until the process budget is used up. */
+async function fillBudget(): Promise<{ conns: ReturnType<typeof connection>[]; inFlight: Uint8Array[] }> {
+  const conns: ReturnType<typeof connection>[] = [];
+  const inFlight: Uint8Array[] = [];
+  while (FrameBuffers.inUse < PROCESS_BUDGET) {
+    const c = connection();
+    const b = await c.buffers.take();
+    c.transport.send(c.buffers, b);
+    conns.push(c);
+    inFlight.push(b);
+  }
+  return { conns, inFlight };
+}
+
+/** Whether `p` settles within `ms`. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => timer = setTimeout(() => resolve(false), ms));
+  try {
+    return await Promise.race([p.then(() => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 describe("FrameBuffers: one budget for every connection of the process", () => {
-  test("past the budget a connection waits, then borrows another connection's flushed buffer", async () => {
-    // Fill the budget: one buffer in flight on each of PROCESS_BUDGET connections, none flushed.
-    const conns = Array.from({ length: PROCESS_BUDGET }, connection);
-    const inFlight: Uint8Array[] = [];
-    for (const c of conns) {
-      const b = await c.buffers.take();
-      assert.equal(b.length, SIZE);
-      c.transport.send(c.buffers, b);
-      inFlight.push(b);
-    }
-    assert.equal(new Set(inFlight).size, PROCESS_BUDGET, "each a fresh buffer");
+  test("past the budget a connection waits, then gets another connection's buffer once it is flushed", async () => {
+    const before = FrameBuffers.inUse;
+    const { conns, inFlight } = await fillBudget();
+    assert.ok(conns.length > 0 && new Set(inFlight).size === inFlight.length, "each a fresh buffer");
     const late = connection();
     let got: Uint8Array | undefined;
     const taking = late.buffers.take().then((b) => got = b);
-    await new Promise((resolve) => setImmediate(resolve));
+    await new Promise((resolve) => setTimeout(resolve, 5));
     assert.equal(got, undefined, "waits: the budget is used up and nothing is flushed");
-    // Connection 7's transport hands its bytes to the OS and its sender goes on: the waiter wakes.
-    conns[7].transport.flushAll();
+    // One connection's transport hands its bytes to the OS and its sender goes on: served at once,
+    // without waiting for the poll timer.
+    conns[0].transport.flushAll();
     FrameBuffers.progress();
+    await Promise.resolve();
+    await Promise.resolve();
+    assert.equal(got, inFlight[0], "the flushed buffer of another connection, not a new one");
     await taking;
-    assert.equal(got, inFlight[7], "the flushed buffer of another connection, not a new one");
+    // A flush nobody reports is found by the poll, long before the wait is over.
+    const second = late.buffers.take();
+    conns[1].transport.flushAll();
+    assert.ok(await settlesWithin(second, BUDGET_WAIT_MS / 2), "found by the poll");
+    assert.equal(await second, inFlight[1]);
+    assert.equal(FrameBuffers.inUse, before + conns.length, "borrowing allocates nothing");
     late.buffers.giveBack(got!); // not sent after all: back to the pool (as the sender does)
+    late.buffers.giveBack(await second);
     for (const c of [...conns, late]) c.buffers.retire();
+    assert.ok(FrameBuffers.inUse <= before + 16, "retired: only idle buffers stay counted");
   });
 
   test("a connection's own flushed buffer comes first, and a waiter allocates after BUDGET_WAIT_MS", async () => {
-    const conns = Array.from({ length: PROCESS_BUDGET }, connection);
-    const first: Uint8Array[] = [];
-    for (const c of conns) {
-      const b = await c.buffers.take();
-      c.transport.send(c.buffers, b);
-      first.push(b);
-    }
+    const { conns, inFlight } = await fillBudget();
     conns[0].transport.flushAll();
-    assert.equal(await conns[0].buffers.take(), first[0], "its own oldest, once flushed");
+    const own = await conns[0].buffers.take();
+    assert.equal(own, inFlight[0], "its own oldest, once flushed");
     // Nothing flushed anywhere and nobody makes progress (a transport that stalls, or a buffer
     // lost to a failure): after the wait it allocates rather than stall for good.
     const t0 = performance.now();
     const fresh = await conns[1].buffers.take();
     const waited = performance.now() - t0;
-    assert.ok(!first.includes(fresh), "a new buffer");
+    assert.ok(!inFlight.includes(fresh), "a new buffer");
     assert.ok(waited >= BUDGET_WAIT_MS - 5, `allocated after ${waited} ms, before the wait was over`);
-    assert.ok(waited < 2 * BUDGET_WAIT_MS, `waited ${waited} ms: the count of buffers leaked`);
+    conns[0].buffers.giveBack(own);
+    conns[1].buffers.giveBack(fresh);
     for (const c of conns) c.buffers.retire();
   });
 
-  test("retired connections give their flushed buffers to the next ones, within the budget", async () => {
+  test("retired connections give their flushed buffers to the next ones", async () => {
     const a = connection();
     const bufs: Uint8Array[] = [];
     for (let i = 0; i < 4; i++) {
@@ -87,11 +112,28 @@ describe("FrameBuffers: one budget for every connection of the process", () => {
     }
     a.transport.flushAll();
     a.buffers.retire();
+    const inUse = FrameBuffers.inUse;
     const b = connection();
     const reused = new Set<Uint8Array>();
     for (let i = 0; i < 4; i++) reused.add(await b.buffers.take());
-    assert.deepEqual([...reused].sort(), [...bufs].sort(), "the retired connection's four, no new ones");
+    assert.equal(reused.size, 4);
+    assert.ok(bufs.every((buf) => reused.has(buf)), "the retired connection's four, no new ones");
+    assert.equal(FrameBuffers.inUse, inUse, "nothing allocated");
     for (const buf of reused) b.buffers.giveBack(buf);
     b.buffers.retire();
+  });
+
+  test("a retired connection never waits, and what it sends afterwards is dropped from the count", async () => {
+    const { conns } = await fillBudget();
+    const gone = connection();
+    gone.buffers.retire();
+    const inUse = FrameBuffers.inUse;
+    const t0 = performance.now();
+    const b = await gone.buffers.take();
+    assert.ok(performance.now() - t0 < BUDGET_WAIT_MS / 2, "no wait after retire()");
+    assert.equal(FrameBuffers.inUse, inUse + 1);
+    gone.transport.send(gone.buffers, b); // a send still finishing after the connection failed
+    assert.equal(FrameBuffers.inUse, inUse, "dropped, not kept in a ring nobody reads");
+    for (const c of conns) c.buffers.retire();
   });
 });
