@@ -104,6 +104,40 @@ export class FrameDecoder {
     return { type, length, parts: this.#takeParts(length) };
   }
 
+  /**
+   * Moves the pending bytes (the start of a frame not yet whole) out of the chunks they arrived in, so
+   * the caller can reuse or free those at once: appended to the first pending chunk if `isOwn(chunk)`
+   * says it is a buffer from `into` with room left after its view, else copied into `into(n)`, a
+   * buffer of at least `n` bytes the caller owns. Every chunk moved out of goes to `onConsumed` now.
+   * Appending keeps the copying linear when a large frame arrives in many small reads.
+   */
+  compact(into: (n: number) => Uint8Array, isOwn: (chunk: Uint8Array) => boolean): void {
+    const n = this.#buffered;
+    if (n === 0) return;
+    const first = this.#chunks[0];
+    const rest = this.#chunks.slice(1);
+    const extra = n - (first.length - this.#head);
+    let target: Uint8Array;
+    let at: number;
+    if (isOwn(first) && first.byteOffset + first.length + extra <= first.buffer.byteLength) {
+      if (extra === 0) return;
+      target = new Uint8Array(first.buffer, first.byteOffset, first.length + extra);
+      at = first.length;
+    } else {
+      target = into(n).subarray(0, n);
+      target.set(first.subarray(this.#head), 0);
+      at = first.length - this.#head;
+      this.#head = 0;
+      rest.unshift(first);
+    }
+    for (const chunk of this.#chunks.slice(1)) {
+      target.set(chunk, at);
+      at += chunk.length;
+    }
+    this.#chunks = [target];
+    for (const chunk of rest) this.#onConsumed?.(chunk);
+  }
+
   /** Decodes every whole frame from `chunk` plus what was pending. */
   *decode(chunk: Uint8Array): Generator<Frame> {
     this.push(chunk);

@@ -31,6 +31,44 @@ export interface DataParts {
 export type Incoming = Exclude<Message, DataMessage> | DataParts;
 
 /**
+ * Buffers of the channel's own that hold the start of a frame not yet whole, for transports whose
+ * reads are costly to keep ({@linkcode Connection.compactPending}). By size, powers of two from
+ * 64 KiB; free ones are shared by every channel of the process, up to {@linkcode CARRY_POOL_BYTES}.
+ */
+const carries = new Map<number, ArrayBuffer[]>();
+const carryBuffers = new WeakSet<ArrayBuffer>();
+let carryPoolBytes = 0;
+/** Free carry buffers kept for reuse: 32 MiB, more than 200 connections' partial 256 KiB frames. */
+const CARRY_POOL_BYTES = 32 * 1024 * 1024;
+
+function takeCarry(n: number): Uint8Array {
+  let size = 64 * 1024;
+  while (size < n) size *= 2;
+  const free = carries.get(size)?.pop();
+  if (free) {
+    carryPoolBytes -= size;
+    return new Uint8Array(free);
+  }
+  const buffer = new ArrayBuffer(size);
+  carryBuffers.add(buffer);
+  return new Uint8Array(buffer);
+}
+
+function isCarry(chunk: Uint8Array): boolean {
+  return carryBuffers.has(chunk.buffer as ArrayBuffer);
+}
+
+function giveCarry(chunk: Uint8Array): void {
+  const buffer = chunk.buffer as ArrayBuffer;
+  if (carryPoolBytes + buffer.byteLength > CARRY_POOL_BYTES) return;
+  let free = carries.get(buffer.byteLength);
+  if (!free) carries.set(buffer.byteLength, free = []);
+  if (free.includes(buffer)) return;
+  free.push(buffer);
+  carryPoolBytes += buffer.byteLength;
+}
+
+/**
  * Messages over a {@linkcode Connection}: decodes incoming frames, however
  * TCP split them, and encodes outgoing messages. Used by both server and
  * client.
@@ -105,7 +143,7 @@ export class Channel {
    */
   async receiveParts(): Promise<Incoming | null> {
     if (this.#consumed.length > 0) {
-      for (const chunk of this.#consumed) this.conn.release!(chunk);
+      for (const chunk of this.#consumed) this.#releaseChunk(chunk);
       this.#consumed.length = 0;
     }
     this.#collect = true;
@@ -126,6 +164,14 @@ export class Channel {
 
   /** Reads one chunk into the decoder; false at a clean end of stream. */
   async #fill(): Promise<boolean> {
+    if (this.#collect && this.conn.compactPending && this.conn.release && this.#decoder.bufferedBytes > 0) {
+      // The start of a frame is all that is left of the reads so far, and the next read may come many
+      // event-loop turns later: it moves into a buffer of ours, and the reads are released now. Safe:
+      // the frame returned last is dead by the contract of receiveParts(), and this one is not out yet.
+      this.#decoder.compact(takeCarry, isCarry);
+      for (const chunk of this.#consumed) this.#releaseChunk(chunk);
+      this.#consumed.length = 0;
+    }
     const chunk = await this.conn.read();
     if (chunk === null) {
       this.#decoder.end();
@@ -135,6 +181,12 @@ export class Channel {
     this.onBytes?.(chunk.length);
     this.#decoder.push(chunk);
     return true;
+  }
+
+  /** Hands a consumed chunk back: a carry buffer to the pool, a read to the transport. */
+  #releaseChunk(chunk: Uint8Array): void {
+    if (isCarry(chunk)) giveCarry(chunk);
+    else this.conn.release!(chunk);
   }
 
   /** Splits the 12-byte id/offset prefix off a DATA frame and decodes it as `decodeMessage` would. */

@@ -55,6 +55,8 @@ function collectIfGrown(received: number): void {
 }
 
 class NodeConnection implements Connection {
+  /** On Bun (see {@linkcode Connection.compactPending}); other runtimes' allocators keep such pages. */
+  readonly compactPending = bunGc !== undefined && canTransfer;
   readonly remoteAddress: string;
   readonly remotePort: number;
   readonly closed: Promise<void>;

@@ -188,6 +188,25 @@ test("receiveParts: a chunk goes back to the transport at the next call, once; r
   assert.ok(!conn.released.includes(chunks[0]), "what receive() returned may be kept: never released");
 });
 
+test("receiveParts on a compactPending transport: same messages, and every read released before the next", async () => {
+  const expected = (await receiveAll([STREAM], false)).got;
+  for (const cuts of [[1, 9, 30, 1000, 2000, 3040], Array.from({ length: 60 }, (_, i) => 3 + i * 53)]) {
+    // Transports never hand out empty reads.
+    const conn = new FakeConnection(cutAt(STREAM, cuts).filter((c) => c.length > 0));
+    Object.defineProperty(conn, "compactPending", { value: true });
+    const read = conn.read.bind(conn);
+    conn.read = () => {
+      // Waiting for more: nothing of the earlier reads may be held (the frame returned last is dead).
+      assert.deepEqual(conn.released.length, conn.handedOut.length, "every earlier read was released");
+      return read();
+    };
+    const channel = new Channel(conn, { maxFrameSize: 1 << 20 });
+    const got: unknown[] = [];
+    for (let m = await channel.receiveParts(); m; m = await channel.receiveParts()) got.push(comparable(m));
+    assert.deepEqual(got, expected, `cuts ${cuts.join(",")}`);
+  }
+});
+
 test("receiveParts: works on a transport without release()", async () => {
   const conn = new FakeConnection(cutAt(STREAM, [30, 31]), false);
   const channel = new Channel(conn, { maxFrameSize: 1 << 20 });

@@ -321,6 +321,49 @@ test(
   },
 );
 
+test(
+  "property: compact() between reads (as a channel on Bun does) changes no frame, and frees every read at once",
+  SLOW,
+  () => {
+    // Small carries (16 bytes at least, doubling) so that appending and moving to a larger one both happen.
+    const arb = framesAndCuts.chain(([frames, cuts]) => fc.tuple(fc.constant(frames), fc.constant(cuts)));
+    fc.assert(
+      fc.property(arb, ([frames, cuts]) => {
+        const carries = new WeakSet<ArrayBuffer>();
+        const into = (n: number) => {
+          let size = 16;
+          while (size < n) size *= 2;
+          const buffer = new ArrayBuffer(size);
+          carries.add(buffer);
+          return new Uint8Array(buffer);
+        };
+        const isOwn = (c: Uint8Array) => carries.has(c.buffer as ArrayBuffer);
+        const consumed = new Set<Uint8Array>();
+        const decoder = new FrameDecoder({
+          onConsumed: (c) => {
+            assert.ok(!consumed.has(c), "a chunk is handed back once");
+            consumed.add(c);
+          },
+        });
+        const reads = cutAt(encodeAll(frames), cuts).filter((c) => c.length > 0);
+        const out: Frame[] = [];
+        for (const read of reads) {
+          decoder.push(read);
+          for (let f = decoder.nextParts(); f; f = decoder.nextParts()) {
+            out.push({ type: f.type, payload: concat(f.parts) });
+          }
+          // About to wait for the next read: nothing pending may stay in a read.
+          decoder.compact(into, isOwn);
+          assert.ok(consumed.has(read), "the read is released before the next one arrives");
+        }
+        decoder.end();
+        assert.deepEqual(show(out), show(frames));
+      }),
+      { numRuns: 300 },
+    );
+  },
+);
+
 test("property: Web Streams round-trip under random re-chunking", SLOW, async () => {
   await fc.assert(
     fc.asyncProperty(framesAndCuts, async ([frames, cuts]) => {
