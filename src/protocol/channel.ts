@@ -1,5 +1,5 @@
 import { FrameDecoder } from "../framing/decoder.ts";
-import { type FrameParts, joinBytes } from "../framing/frame.ts";
+import { FRAME_HEADER_SIZE, type FrameParts, joinBytes } from "../framing/frame.ts";
 import type { Connection } from "../runtime/transport.ts";
 import { DATA_PREFIX_SIZE, FrameType } from "./constants.ts";
 import {
@@ -14,8 +14,11 @@ import {
 
 /**
  * A received DATA frame whose file bytes are left in the pieces they arrived
- * in: zero-copy views of the received chunks, never joined. Usually one
- * part; none when the frame carries no bytes.
+ * in: views of the received chunks, never joined. Usually one part; none when
+ * the frame carries no bytes. On a transport with
+ * {@linkcode Connection.compactPending} (Bun), the start of a frame that
+ * spans reads is copied once, into a buffer of the channel's own, before the
+ * next read.
  */
 export interface DataParts {
   kind: "data";
@@ -38,12 +41,17 @@ export type Incoming = Exclude<Message, DataMessage> | DataParts;
 const carries = new Map<number, ArrayBuffer[]>();
 const carryBuffers = new WeakSet<ArrayBuffer>();
 let carryPoolBytes = 0;
-/** Free carry buffers kept for reuse: 32 MiB, more than 200 connections' partial 256 KiB frames. */
+/**
+ * Free carry buffers kept for reuse: 32 MiB. Most carries are in use at any time (200 connections each
+ * hold the start of a frame); this is what a burst of finished frames gives back.
+ */
 const CARRY_POOL_BYTES = 32 * 1024 * 1024;
 
-function takeCarry(n: number): Uint8Array {
+/** A carry of at least `n` bytes: a power of two from 64 KiB, but no more than `cap` (a whole frame) unless `n` is. */
+function takeCarry(n: number, cap: number): Uint8Array {
   let size = 64 * 1024;
   while (size < n) size *= 2;
+  size = Math.max(n, Math.min(size, cap));
   const free = carries.get(size)?.pop();
   if (free) {
     carryPoolBytes -= size;
@@ -63,7 +71,7 @@ function giveCarry(chunk: Uint8Array): void {
   if (carryPoolBytes + buffer.byteLength > CARRY_POOL_BYTES) return;
   let free = carries.get(buffer.byteLength);
   if (!free) carries.set(buffer.byteLength, free = []);
-  if (free.includes(buffer)) return;
+  if (free.includes(buffer)) throw new Error("internal: a carry buffer was given back twice");
   free.push(buffer);
   carryPoolBytes += buffer.byteLength;
 }
@@ -97,8 +105,12 @@ export class Channel {
   /** Whether chunks consumed now may be released at the next `receiveParts()`. */
   #collect = false;
 
+  /** Largest carry needed: a whole frame with its header. */
+  readonly #carryCap: number;
+
   constructor(conn: Connection, options: { maxFrameSize: number }) {
     this.conn = conn;
+    this.#carryCap = options.maxFrameSize + FRAME_HEADER_SIZE;
     const onConsumed = conn.release && ((chunk: Uint8Array) => {
       if (this.#collect) this.#consumed.push(chunk);
     });
@@ -130,13 +142,14 @@ export class Channel {
   }
 
   /**
-   * Like {@linkcode receive}, but a DATA frame's bytes come as zero-copy
-   * parts ({@linkcode DataParts}) instead of one joined buffer, which costs an
+   * Like {@linkcode receive}, but a DATA frame's bytes come as parts
+   * ({@linkcode DataParts}) instead of one joined buffer, which costs an
    * allocation and a copy whenever a frame spans socket reads. Other
    * messages, and every error, are exactly as from `receive()`.
    *
    * What it returns is valid only until the next call: the caller must be
-   * done with the message, its parts and any view of them by then. That
+   * done with the message, its parts and any view of them by then (a part
+   * kept longer may come to hold another connection's bytes). That
    * call hands the socket chunks the previous messages came from back to
    * the transport ({@linkcode Connection.release}), which reuses or frees
    * them at once.
@@ -168,7 +181,7 @@ export class Channel {
       // The start of a frame is all that is left of the reads so far, and the next read may come many
       // event-loop turns later: it moves into a buffer of ours, and the reads are released now. Safe:
       // the frame returned last is dead by the contract of receiveParts(), and this one is not out yet.
-      this.#decoder.compact(takeCarry, isCarry);
+      this.#decoder.compact((n) => takeCarry(n, this.#carryCap), isCarry);
       for (const chunk of this.#consumed) this.#releaseChunk(chunk);
       this.#consumed.length = 0;
     }

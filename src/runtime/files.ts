@@ -108,7 +108,10 @@ async function writeAt(fd: number, parts: readonly Uint8Array[], position: numbe
       writes.push(writeAsyncAt(fd, part, position));
       position += part.length;
     }
-    await Promise.all(writes);
+    // Every write settled before this returns, failed or not: the caller may reuse the parts then.
+    const results = await Promise.allSettled(writes);
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
     return;
   }
   if (onBun && parts.length > 1) {

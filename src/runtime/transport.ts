@@ -29,7 +29,7 @@ export interface Connection {
    * earlier reads into buffers of its own and release the reads at once (see `Channel`). On Bun, whose
    * allocator hands the pages of a buffer freed in a later turn back to the OS: with 200 connections,
    * each holding the start of its next frame until its next read many turns later, the server took
-   * 54,000-60,000 page faults for 800 MiB, against 22,000-24,000 with the copy.
+   * 46,000-54,000 page faults for 800 MiB, against 23,000-27,000 with the copy.
    */
   readonly compactPending?: boolean;
   /**

@@ -181,7 +181,8 @@ export class Session {
       this.#touch(); // the idle timeout starts now
       this.#startHeartbeat();
       for (;;) {
-        // DATA bytes come as zero-copy parts of the socket reads: never joined on the way to disk.
+        // DATA bytes come as parts of the socket reads (on Bun a frame's start is copied once, see
+        // Connection.compactPending): never joined on the way to disk.
         const message = await this.#channel.receiveParts();
         if (message === null) break;
         // After a connection-level error only the linger remains: read and drop.

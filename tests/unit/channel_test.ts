@@ -189,16 +189,29 @@ test("receiveParts: a chunk goes back to the transport at the next call, once; r
 });
 
 test("receiveParts on a compactPending transport: same messages, and every read released before the next", async () => {
-  const expected = (await receiveAll([STREAM], false)).got;
-  for (const cuts of [[1, 9, 30, 1000, 2000, 3040], Array.from({ length: 60 }, (_, i) => 3 + i * 53)]) {
+  // With a DATA frame larger than the smallest carry (64 KiB), cut into small reads: carries grow.
+  const big = { kind: "data", id: 3, offset: 5, bytes: pattern(200_000, 4) } as const;
+  const stream = concat(STREAM, encodeMessage(big), encodeMessage({ kind: "end", id: 3 }));
+  const expected = (await receiveAll([stream], false)).got;
+  const cutSets = [
+    [1, 9, 30, 1000, 2000, 3040],
+    Array.from({ length: 60 }, (_, i) => 3 + i * 53),
+    Array.from({ length: 50 }, (_, i) => 3000 + i * 4099),
+  ];
+  for (const cuts of cutSets) {
     // Transports never hand out empty reads.
-    const conn = new FakeConnection(cutAt(STREAM, cuts).filter((c) => c.length > 0));
+    const conn = new FakeConnection(cutAt(stream, cuts.filter((c) => c < stream.length)));
     Object.defineProperty(conn, "compactPending", { value: true });
     const read = conn.read.bind(conn);
     conn.read = () => {
       // Waiting for more: nothing of the earlier reads may be held (the frame returned last is dead).
-      assert.deepEqual(conn.released.length, conn.handedOut.length, "every earlier read was released");
+      assert.equal(conn.released.length, conn.handedOut.length, "every earlier read was released");
       return read();
+    };
+    const release = conn.release!.bind(conn);
+    conn.release = (chunk) => {
+      release(chunk);
+      chunk.fill(0xee); // as a reused buffer would be: bytes still needed would come out wrong
     };
     const channel = new Channel(conn, { maxFrameSize: 1 << 20 });
     const got: unknown[] = [];
