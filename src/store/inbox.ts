@@ -407,7 +407,7 @@ export class Inbox {
 
   /**
    * Whether stretches of large uploads leave the page cache once on disk: false with `keepPageCache`, or
-   * where the runtime cannot drop them (not Linux; Deno without `--allow-ffi`).
+   * where they cannot or need not be dropped (not Linux; Deno without `--allow-ffi`; an inbox on tmpfs).
    *
    * @example
    * ```ts ignore

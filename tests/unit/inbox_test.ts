@@ -61,6 +61,43 @@ async function expectUpload(inbox: Inbox, h: FileHeader): Promise<Upload> {
   return r.upload;
 }
 
+/**
+ * An Upload like the one begin() makes, on the partial `file` at `partPath`: `handle` replaces calls of
+ * the partial (as a failing disk would), `init` the rest (limits, hooks).
+ */
+function uploadOn(
+  file: PartialFile,
+  partPath: string,
+  header: FileHeader,
+  handle: Partial<PartialFile>,
+  init: Partial<ConstructorParameters<typeof Upload>[0]>,
+): Upload {
+  return new Upload({
+    header,
+    handle: {
+      fd: file.fd,
+      serial: file.serial,
+      write: (b, at) => file.write(b, at),
+      sync: () => file.sync(),
+      datasync: () => file.datasync(),
+      close: () => file.close(),
+      ...handle,
+    },
+    hash: createHash("sha256"),
+    offset: 0,
+    partPath,
+    sidecarPath: `${partPath}.json`,
+    sidecarOnDisk: false,
+    release: () => {},
+    commit: () => Promise.reject(new Error("not reached")),
+    findDuplicate: () => Promise.resolve(undefined),
+    syncEveryBytes: 1 << 30,
+    flushAheadBytes: 0,
+    durable: (f) => f.sync(),
+    ...init,
+  });
+}
+
 /** Sends a whole file in chunks and finishes it. */
 async function send(inbox: Inbox, h: FileHeader, bytes: Uint8Array, chunk = 4096): Promise<Receipt> {
   const up = await expectUpload(inbox, h);
@@ -689,31 +726,12 @@ describe("Inbox resume", () => {
     const partPath = path.join(dir, ".ferry", "partial", "failing.part");
     const file = openPartial(partPath, "wx+");
     let datasyncs = 0;
-    const up = new Upload({
-      header: resumeHeader(bytes),
-      handle: {
-        fd: file.fd,
-        serial: file.serial,
-        write: (b, at) => file.write(b, at),
-        sync: () => file.sync(),
-        datasync: () => {
-          datasyncs++;
-          return Promise.reject(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" }));
-        },
-        close: () => file.close(),
+    const up = uploadOn(file, partPath, resumeHeader(bytes), {
+      datasync: () => {
+        datasyncs++;
+        return Promise.reject(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" }));
       },
-      hash: createHash("sha256"),
-      offset: 0,
-      partPath,
-      sidecarPath: `${partPath}.json`,
-      sidecarOnDisk: false,
-      release: () => {},
-      commit: () => Promise.reject(new Error("not reached")),
-      findDuplicate: () => Promise.resolve(undefined),
-      syncEveryBytes: 1 << 30,
-      flushAheadBytes: 1000,
-      durable: (f) => f.sync(),
-    });
+    }, { flushAheadBytes: 1000 });
     await up.write(bytes.subarray(0, 1500), 0); // starts the flush, which fails in the background
     const err = await rejectsWith(up.write(bytes.subarray(1500, 3000), 1500), "IO_ERROR");
     assert.match(err.message, /EIO/);
@@ -1223,31 +1241,18 @@ describe("Inbox page cache: stretches on disk are dropped", () => {
     let pendingDrops = 0;
     let closedWhileDropping = false;
     const drops: { offset: number; end: number; onDisk: number }[] = [];
-    const up = current.upload = new Upload({
-      header: headerFor("spied.bin", bytes, { resume: true }),
-      handle: {
-        fd: file.fd,
-        serial: file.serial,
-        write: (b, at) => file.write(b, at),
-        sync: () => file.sync(),
-        datasync: async () => {
-          const started = current.upload!.received;
-          await file.datasync();
-          onDisk = Math.max(onDisk, started);
-        },
-        close: () => {
-          closedWhileDropping ||= pendingDrops > 0;
-          return file.close();
-        },
+    const up = current.upload = uploadOn(file, partPath, headerFor("spied.bin", bytes, { resume: true }), {
+      datasync: async () => {
+        const started = current.upload!.received;
+        await file.datasync();
+        onDisk = Math.max(onDisk, started);
       },
-      hash: createHash("sha256"),
-      offset: 0,
-      partPath,
-      sidecarPath: `${partPath}.json`,
-      sidecarOnDisk: false,
-      release: () => {},
+      close: () => {
+        closedWhileDropping ||= pendingDrops > 0;
+        return file.close();
+      },
+    }, {
       commit: () => Promise.resolve({ name: "spied.bin" } as Receipt),
-      findDuplicate: () => Promise.resolve(undefined),
       syncEveryBytes: 4 * MB,
       flushAheadBytes: MB,
       dropCache: async (_fd, offset, length) => {
