@@ -1240,6 +1240,10 @@ describe("Inbox page cache: stretches on disk are dropped", () => {
     let onDisk = 0;
     let pendingDrops = 0;
     let closedWhileDropping = false;
+    // The drop of the file's rest is held until a turn after the name is placed, so a close that does
+    // not wait for it would come first.
+    let openGate!: () => void;
+    const gate = new Promise<void>((resolve) => openGate = resolve);
     const drops: { offset: number; end: number; onDisk: number }[] = [];
     const up = current.upload = uploadOn(file, partPath, headerFor("spied.bin", bytes, { resume: true }), {
       datasync: async () => {
@@ -1252,13 +1256,16 @@ describe("Inbox page cache: stretches on disk are dropped", () => {
         return file.close();
       },
     }, {
-      commit: () => Promise.resolve({ name: "spied.bin" } as Receipt),
+      commit: () => {
+        setImmediate(openGate);
+        return Promise.resolve({ name: "spied.bin" } as Receipt);
+      },
       syncEveryBytes: 4 * MB,
       flushAheadBytes: MB,
       dropCache: async (_fd, offset, length) => {
         drops.push({ offset, end: offset + length, onDisk });
         pendingDrops++;
-        await new Promise((resolve) => setTimeout(resolve, 2)); // slower than the rest of finish()
+        if (offset + length === bytes.length) await gate;
         pendingDrops--;
         return 0;
       },
