@@ -13,6 +13,8 @@
  * - `posix_fadvise(2)` `POSIX_FADV_DONTNEED`: drops a stretch of a file that is already on disk from
  *   the page cache ({@linkcode dropCacheFor}), so that a large upload reuses the same few MiB of
  *   memory instead of filling the cache with data nobody reads back.
+ * - `madvise(2)` `MADV_HUGEPAGE`: lets the kernel back a long-lived buffer pool with 2 MiB pages
+ *   ({@linkcode hugePageMemory}). Synchronous on the calling thread (it only marks the range).
  *
  * @module
  */
@@ -242,4 +244,100 @@ function workerCalls(): (...message: [string, ...number[]]) => Promise<number> {
     worker.postMessage([id, ...message]);
     return new Promise((resolve) => waiting.set(id, resolve));
   };
+}
+
+/** Linux's `MADV_HUGEPAGE`. */
+const MADV_HUGEPAGE = 14;
+/** The size of a transparent huge page on x86-64 and (with 4 KiB base pages) arm64. */
+export const HUGE_PAGE = 2 * 1024 * 1024;
+
+/** Where `madvise` can be called: the address of a view's first byte, and the call. */
+interface Madvise {
+  address(view: Uint8Array): number;
+  hugePages(address: number, length: number): boolean;
+}
+let madvise: Madvise | null | undefined;
+
+/**
+ * `bytes` of fresh, zeroed memory that the kernel may back with transparent huge pages: on Linux
+ * where the system leaves that to the program (`madvise` in
+ * `/sys/kernel/mm/transparent_hugepage/enabled`) and this runtime can call libc (Deno needs
+ * `--allow-ffi`), a 2 MiB-aligned view with `madvise(MADV_HUGEPAGE)` given before anything touched
+ * it; elsewhere a plain `Uint8Array`, which works the same. For long-lived pools only: the memory is
+ * 2 MiB larger than asked, and the whole of it is freed only with the last view of it.
+ *
+ * Why: on the VMs we measure on, first touching a 4 KiB page costs 12-20 µs, so a pool of 64 MiB of
+ * socket buffers costs about 0.25 s of CPU to fault in page by page; 2 MiB pages cost far less per
+ * byte (touching 256 MiB: 0.79-1.06 s against 0.03-0.51 s).
+ *
+ * @example
+ * ```ts ignore
+ * const slab = hugePageMemory(8 * 1024 * 1024); // slab.byteOffset is where the 2 MiB pages start
+ * ```
+ */
+export function hugePageMemory(bytes: number): Uint8Array<ArrayBuffer> {
+  if (madvise === undefined) {
+    try {
+      madvise = process.platform === "linux" ? (onBun() ? bunMadvise() : denoMadvise()) ?? null : null;
+    } catch {
+      madvise = null;
+    }
+  }
+  if (madvise === null || bytes < HUGE_PAGE) return new Uint8Array(bytes);
+  const memory = new Uint8Array(bytes + HUGE_PAGE);
+  const start = (HUGE_PAGE - (madvise.address(memory) % HUGE_PAGE)) % HUGE_PAGE;
+  // Whole huge pages only: the tail past the last 2 MiB boundary stays in small pages.
+  const advised = Math.floor(bytes / HUGE_PAGE) * HUGE_PAGE;
+  madvise.hugePages(madvise.address(memory) + start, advised);
+  return memory.subarray(start, start + bytes);
+}
+
+const THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled";
+
+/** Only `madvise` mode needs the call; in `always` mode the kernel does it anyway, in `never` it never will. */
+function thpIsMadvise(): boolean {
+  try {
+    return fs.readFileSync(THP_MODE, "utf8").includes("[madvise]");
+  } catch {
+    return false;
+  }
+}
+
+function denoMadvise(): Madvise | undefined {
+  // Asked without a prompt: a sandboxed server does without.
+  if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return undefined;
+  if (Deno.permissions.querySync({ name: "read", path: THP_MODE }).state !== "granted") return undefined;
+  if (!thpIsMadvise()) return undefined;
+  const lib = Deno.dlopen("libc.so.6", {
+    madvise: { parameters: ["usize", "usize", "i32"], result: "i32" },
+  });
+  return {
+    address: (view) => Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(view))),
+    hugePages: (address, length) => lib.symbols.madvise(BigInt(address), BigInt(length), MADV_HUGEPAGE) === 0,
+  };
+}
+
+function bunMadvise(): Madvise | undefined {
+  if (!thpIsMadvise()) return undefined;
+  // On this thread: the call only marks the range, and `ptr` reads this thread's view.
+  const { dlopen, FFIType, ptr } = (import.meta as unknown as { require(id: string): BunFfi }).require(
+    "bun:ffi",
+  );
+  const lib = dlopen("libc.so.6", {
+    madvise: { args: [FFIType.u64, FFIType.u64, FFIType.i32], returns: FFIType.i32 },
+  });
+  return {
+    address: (view) => ptr(view),
+    hugePages: (address, length) => lib.symbols.madvise(address, length, MADV_HUGEPAGE) === 0,
+  };
+}
+
+/** The part of `bun:ffi` used here. */
+interface BunFfi {
+  dlopen(
+    path: string,
+    symbols: Record<string, { args: unknown[]; returns: unknown }>,
+  ): { symbols: Record<string, (...args: number[]) => number> };
+  FFIType: Record<"u64" | "i32", unknown>;
+  ptr(view: Uint8Array): number;
 }

@@ -137,3 +137,38 @@ describe("FrameBuffers: one budget for every connection of the process", () => {
     for (const c of conns) c.buffers.retire();
   });
 });
+
+describe("FrameBuffers: pooled memory", () => {
+  const POOLED = 8192 + 13; // a size of its own: its own pool and idle list
+  const samePlace = (a: Uint8Array, b: Uint8Array) => a.buffer === b.buffer && a.byteOffset === b.byteOffset;
+
+  test("a buffer dropped while its transport may hold it never comes back; a flushed one does", async () => {
+    const transport = new FakeTransport();
+    const a = new FrameBuffers(transport as unknown as Connection, POOLED);
+    // Nine sent and none flushed: the ring keeps eight, so the oldest is dropped while still held.
+    const sent: Uint8Array[] = [];
+    for (let i = 0; i < 9; i++) {
+      const b = await a.take();
+      transport.send(a, b);
+      sent.push(b);
+    }
+    const lost = sent[0];
+    // A tenth once everything is flushed: the ring's oldest (flushed) is dropped and goes back.
+    transport.flushAll();
+    const tenth = await a.take(); // its own oldest flushed buffer
+    assert.ok(samePlace(tenth, sent[1]));
+    transport.send(a, tenth);
+    const eleventh = new FrameBuffers(new FakeTransport() as unknown as Connection, POOLED);
+    const fresh = await eleventh.take(); // allocated: from the pool
+    transport.send(a, fresh); // ring past its limit again: drops sent[2], flushed
+    const back = await eleventh.take();
+    assert.ok(samePlace(back, sent[2]), "the flushed buffer dropped from the ring is handed out again");
+    // However many more are taken, the one dropped while held is never among them.
+    const more: Uint8Array[] = [];
+    for (let i = 0; i < 40; i++) more.push(await eleventh.take());
+    assert.ok(![tenth, fresh, back, ...more].some((b) => samePlace(b, lost)), "a held buffer was handed out");
+    for (const b of [back, ...more]) eleventh.giveBack(b);
+    eleventh.retire();
+    a.retire();
+  });
+});
