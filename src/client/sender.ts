@@ -475,6 +475,9 @@ class ClientSession {
         await this.#channel.send({ kind: "auth", mac: authMac(this.#o.token, welcome.nonce) });
         await this.#expect("auth_ok");
       }
+    } catch (e) {
+      this.#channel.dispose(); // nothing reads this connection any more
+      throw e;
     } finally {
       clearTimeout(timer);
     }
@@ -801,6 +804,8 @@ class ClientSession {
       }
     } catch (e) {
       this.#broken.reject(e);
+    } finally {
+      this.#channel.dispose();
     }
   }
 

@@ -157,6 +157,19 @@ export class FrameDecoder {
     }
   }
 
+  /**
+   * Drops every pending byte (the start of a frame that will never be whole: the stream failed or the
+   * reader gave up) and hands each chunk they were in to `onConsumed`, so its memory can be reused.
+   * The decoder is empty afterwards.
+   */
+  discard(): void {
+    const chunks = this.#chunks;
+    this.#chunks = [];
+    this.#head = 0;
+    this.#buffered = 0;
+    for (const chunk of chunks) this.#onConsumed?.(chunk);
+  }
+
   /** Copies the first `n` bytes (n <= 5) without consuming them. */
   #peek(n: number): Uint8Array {
     const first = this.#chunks[0];

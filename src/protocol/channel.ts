@@ -100,10 +100,13 @@ export class Channel {
   onBytes?: (n: number) => void;
   /** Room for a DATA prefix that arrived split across chunks. */
   #prefix = new Uint8Array(DATA_PREFIX_SIZE);
-  /** Chunks the decoder is done with, while {@linkcode receiveParts} is the reader. */
+  /**
+   * Chunks the decoder is done with, handed back to the transport at the next `receive()` or
+   * `receiveParts()` (what the last one returned may still use them) or at {@linkcode dispose}.
+   */
   #consumed: Uint8Array[] = [];
-  /** Whether chunks consumed now may be released at the next `receiveParts()`. */
-  #collect = false;
+  /** Whether the reader is `receiveParts()`, whose DATA parts may stay views across reads. */
+  #readingParts = false;
 
   /** Largest carry needed: a whole frame with its header. */
   readonly #carryCap: number;
@@ -111,9 +114,7 @@ export class Channel {
   constructor(conn: Connection, options: { maxFrameSize: number }) {
     this.conn = conn;
     this.#carryCap = options.maxFrameSize + FRAME_HEADER_SIZE;
-    const onConsumed = conn.release && ((chunk: Uint8Array) => {
-      if (this.#collect) this.#consumed.push(chunk);
-    });
+    const onConsumed = conn.release && ((chunk: Uint8Array) => this.#consumed.push(chunk));
     this.#decoder = new FrameDecoder({ maxFrameSize: options.maxFrameSize, onConsumed });
   }
 
@@ -123,12 +124,13 @@ export class Channel {
    * stream ends inside a frame.
    *
    * What it returns may be kept, with one exception: a DATA message's
-   * `bytes` may share a socket chunk that a later {@linkcode receiveParts}
-   * call hands back to the transport, so on a channel that mixes the two
-   * they are valid until that call. Other messages are decoded from a copy.
+   * `bytes` may share a socket chunk that the next `receive()` or
+   * {@linkcode receiveParts} call hands back to the transport, so they are
+   * valid until that call. Other messages are decoded from a copy.
    */
   async receive(): Promise<Message | null> {
-    this.#collect = false;
+    this.#releaseConsumed();
+    this.#readingParts = false;
     for (;;) {
       const frame = this.#decoder.next();
       if (frame) {
@@ -155,11 +157,8 @@ export class Channel {
    * them at once.
    */
   async receiveParts(): Promise<Incoming | null> {
-    if (this.#consumed.length > 0) {
-      for (const chunk of this.#consumed) this.#releaseChunk(chunk);
-      this.#consumed.length = 0;
-    }
-    this.#collect = true;
+    this.#releaseConsumed();
+    this.#readingParts = true;
     for (;;) {
       const frame = this.#decoder.nextParts();
       if (!frame) {
@@ -177,13 +176,14 @@ export class Channel {
 
   /** Reads one chunk into the decoder; false at a clean end of stream. */
   async #fill(): Promise<boolean> {
-    if (this.#collect && this.conn.compactPending && this.conn.release && this.#decoder.bufferedBytes > 0) {
+    if (
+      this.#readingParts && this.conn.compactPending && this.conn.release && this.#decoder.bufferedBytes > 0
+    ) {
       // The start of a frame is all that is left of the reads so far, and the next read may come many
       // event-loop turns later: it moves into a buffer of ours, and the reads are released now. Safe:
       // the frame returned last is dead by the contract of receiveParts(), and this one is not out yet.
       this.#decoder.compact((n) => takeCarry(n, this.#carryCap), isCarry);
-      for (const chunk of this.#consumed) this.#releaseChunk(chunk);
-      this.#consumed.length = 0;
+      this.#releaseConsumed();
     }
     const chunk = await this.conn.read();
     if (chunk === null) {
@@ -194,6 +194,23 @@ export class Channel {
     this.onBytes?.(chunk.length);
     this.#decoder.push(chunk);
     return true;
+  }
+
+  /**
+   * The channel will not be read again: every chunk it still holds (the start of a frame the stream
+   * ended inside, reads whose messages were the last ones) goes back to the transport, whose pooled
+   * read buffers would otherwise stay out of its pool for good. Call it once no `receive()` or
+   * `receiveParts()` is pending and nothing they returned is used any more.
+   */
+  dispose(): void {
+    this.#decoder.discard();
+    this.#releaseConsumed();
+  }
+
+  #releaseConsumed(): void {
+    if (this.#consumed.length === 0) return;
+    for (const chunk of this.#consumed) this.#releaseChunk(chunk);
+    this.#consumed.length = 0;
   }
 
   /** Hands a consumed chunk back: a carry buffer to the pool, a read to the transport. */

@@ -206,6 +206,8 @@ export class Session {
       clearTimeout(this.#deadline);
       await this.#allFinished();
       await this.#suspendAll();
+      // No read is pending and every message is handled: the reads still held go back to the transport.
+      this.#channel.dispose();
       this.#conn.close();
       this.#events.emit("disconnect", { ...this.info(), reason: reason ?? this.#failure });
     }

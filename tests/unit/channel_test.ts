@@ -160,7 +160,7 @@ test("receiveParts: errors are receive()'s: short DATA, oversized header, EOF mi
   assert.equal((await receiveAll([encodeMessage(DATA_1).subarray(0, 2000)], true)).error, "TRUNCATED_FRAME");
 });
 
-test("receiveParts: a chunk goes back to the transport at the next call, once; receive()'s never", async () => {
+test("receive() and receiveParts(): a chunk goes back to the transport at the next call, once", async () => {
   const hello = encodeMessage({ kind: "hello", version: 1, capabilities: 0, maxFrameSize: 1 << 20 });
   const d1 = encodeMessage(DATA_1);
   const d2 = encodeMessage(DATA_2);
@@ -173,19 +173,40 @@ test("receiveParts: a chunk goes back to the transport at the next call, once; r
   const conn = new FakeConnection(chunks);
   const channel = new Channel(conn, { maxFrameSize: 1 << 20 });
   assert.equal((await channel.receive())?.kind, "hello");
+  assert.deepEqual([...conn.released], [], "the chunk of the message just returned is not released");
   const first = await channel.receiveParts();
   assert.equal(first?.kind, "data");
-  assert.deepEqual([...conn.released], [], "the chunks of a message in use are not released");
+  assert.deepEqual([...conn.released], [chunks[0]], "HELLO's chunk goes back at the next call");
   const second = await channel.receiveParts();
   assert.equal(second?.kind, "data");
   assert.deepEqual(
     conn.released,
-    [chunks[1]],
+    [chunks[0], chunks[1]],
     "DATA_1's first chunk, done with, goes back; its last holds DATA_2",
   );
   assert.equal(await channel.receiveParts(), null);
-  assert.deepEqual(conn.released, [chunks[1], chunks[2], chunks[3]]);
-  assert.ok(!conn.released.includes(chunks[0]), "what receive() returned may be kept: never released");
+  assert.deepEqual(conn.released, [chunks[0], chunks[1], chunks[2], chunks[3]]);
+  channel.dispose();
+  assert.equal(conn.released.length, 4, "dispose() after a clean end has nothing left to hand back");
+});
+
+test("dispose(): the chunks of a frame the stream ended inside go back to the transport", async () => {
+  const d1 = encodeMessage(DATA_1);
+  const stream = concat(encodeMessage({ kind: "ping", token: 5n }), d1.subarray(0, 2000));
+  for (const parts of [false, true]) {
+    const chunks = cutAt(stream, [10, 600, 1500]);
+    const conn = new FakeConnection(chunks);
+    const channel = new Channel(conn, { maxFrameSize: 1 << 20 });
+    assert.equal((await channel.receive())?.kind, "ping");
+    await assert.rejects(
+      parts ? channel.receiveParts() : channel.receive(),
+      (e: unknown) => e instanceof ProtocolError && e.code === "TRUNCATED_FRAME",
+    );
+    assert.ok(conn.released.length < chunks.length, "the truncated frame's chunks are still held");
+    channel.dispose();
+    // FakeConnection fails the test on a chunk released twice.
+    assert.deepEqual(new Set(conn.released), new Set(chunks), "every chunk read is back");
+  }
 });
 
 test("receiveParts on a compactPending transport: same messages, and every read released before the next", async () => {
